@@ -6,11 +6,15 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
     SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    DOMAINS_MAPPINGS_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
 the server stops (an app write): the line then also gives when that PATCH was answered. With
 MAP_DELETE_WHILE_PAUSED=1, likewise a route's map (POST /v1/routes) and another app's
-deletion (DELETE /v1/apps/NAME), each from a thread of its own.
+deletion (DELETE /v1/apps/NAME), each from a thread of its own. With
+DOMAINS_MAPPINGS_WHILE_PAUSED=1, a domain's create (POST /v1/domains), an event mapping's
+create (POST /v1/event-mappings) and another's delete, and the audit list
+(GET /v1/admin/audit_events).
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -30,6 +34,7 @@ IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
 SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
 MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
+DOMAINS_MAPPINGS = os.environ.get("DOMAINS_MAPPINGS_WHILE_PAUSED", "0") == "1"
 
 
 def signal_all(pids, sig):
@@ -65,6 +70,10 @@ def main():
             for name in ("bench-app", "bench-doomed") if MAP_DELETE else ("bench-app",):
                 status, body = p.api("POST", "/v1/apps", {"name": name})
                 assert status == 201, body
+            if DOMAINS_MAPPINGS:
+                status, unmapped = p.api("POST", "/v1/event-mappings",
+                                         {"app": "bench-app", "topic": "bench-old"})
+                assert status == 201, unmapped
             log = os.path.join(d, "server.log")
             start = os.path.getsize(log)
             time.sleep(IDLE_S)
@@ -86,6 +95,14 @@ def main():
                 writes["the map of a route"] = lambda: p.api(
                     "POST", "/v1/routes", {"app": "bench-app", "host": "bench-extra.localhost"})
                 writes["the app's deletion"] = lambda: p.api("DELETE", "/v1/apps/bench-doomed")
+            if DOMAINS_MAPPINGS:
+                writes["the domain's create"] = lambda: p.api(
+                    "POST", "/v1/domains", {"name": "bench-paused.test"})
+                writes["the mapping's create"] = lambda: p.api(
+                    "POST", "/v1/event-mappings", {"app": "bench-app", "topic": "bench-new"})
+                writes["the mapping's delete"] = lambda: p.api(
+                    "DELETE", f"/v1/event-mappings/{unmapped['id']}")
+                writes["the audit list"] = lambda: p.api("GET", "/v1/admin/audit_events")
             took = {}
 
             def send(what, call):

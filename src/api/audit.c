@@ -168,6 +168,28 @@ static json_t *audit__json(struct api_audit *au, const struct store_audit_event 
     return o;
 }
 
+/* A list's read, made by the store's writer after the writes queued before it (the events
+ * recorded a moment ago are listed). */
+struct audit_read {
+    struct api_audit *au;
+    struct api_request *req;
+};
+
+static void audit__listed(void *ctx, int rc, struct store_audit_event *list, size_t n)
+{
+    struct audit_read *r = ctx;
+    if (rc < 0) {
+        api_respond_error(r->req, SKIFF_E_INTERNAL, "cannot read the audit events");
+    } else {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, audit__json(r->au, &list[i]));
+        api_respond_json(r->req, 200, json_pack("{s:o}", "audit_events", arr));
+    }
+    store_audit_list_free(list, n);
+    free(r);
+}
+
 static void audit__list(struct api_request *req, struct api_audit *au, const char *space,
                         const char *org)
 {
@@ -184,18 +206,12 @@ static void audit__list(struct api_request *req, struct api_audit *au, const cha
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "before is an event id");
         return;
     }
-    struct store_audit_event *list = NULL;
-    size_t n = 0;
-    if (store_audit_list(au->store, space, org, api_request_query(req, "target"), before,
-                         (size_t)limit, &list, &n) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the audit events");
-        return;
-    }
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, audit__json(au, &list[i]));
-    store_audit_list_free(list, n);
-    api_respond_json(req, 200, json_pack("{s:o}", "audit_events", arr));
+    struct audit_read *r = xcalloc(1, sizeof *r);
+    *r = (struct audit_read){.au = au, .req = req};
+    int rc = store_audit_list_async(au->store, space, org, api_request_query(req, "target"), before,
+                                    (size_t)limit, audit__listed, r);
+    if (rc < 0)
+        audit__listed(r, rc, NULL, 0);
 }
 
 static void audit__space_events(struct api_request *req, void *ctx)

@@ -55,16 +55,11 @@ static void certs__free_key(char *key)
     free(key);
 }
 
-/* The certificate part of a domain's answer, or NULL when it has none. */
-json_t *api_core__domain_cert_json(struct api_core *core, const char *name)
+/* The certificate part of a domain's answer, from its chain; NULL when it cannot be read. */
+json_t *api_core__cert_json(const char *chain)
 {
-    char *cert = NULL;
     struct tls_cert_info info;
-    int r = store_domain_cert_get(core->cfg.store, name, &cert, NULL);
-    if (r == 0)
-        r = tls_cert_pem_info(cert, strlen(cert), &info);
-    free(cert);
-    if (r < 0)
+    if (!chain || tls_cert_pem_info(chain, strlen(chain), &info) < 0)
         return NULL;
     char not_after[40], not_before[40];
     time_format_rfc3339(info.not_after * 1000, not_after, sizeof not_after);
@@ -132,6 +127,42 @@ static void certs__body_free(json_t *body)
     json_decref(body);
 }
 
+/* A certificate's write, queued: the request, and its body (cert and key) until answered. */
+struct certs_put {
+    struct api_core *core;
+    struct api_request *req;
+    const char *name; /* the request's */
+    json_t *body;
+};
+
+/* Stored: this host's router gets the pair as a file, the routers on NATS are told, and the
+ * request is answered with what the certificate is. */
+static void certs__stored(void *ctx, int r)
+{
+    struct certs_put *put = ctx;
+    struct api_core *core = put->core;
+    const char *cert = json_string_value(json_object_get(put->body, "cert"));
+    const char *key = json_string_value(json_object_get(put->body, "key"));
+    if (r == -ENOENT || r == -EEXIST) { /* the store's foreign key: no such domain */
+        api_respond_error(put->req, SKIFF_E_NOT_FOUND,
+                          "the domain %s was deleted meanwhile (see `skiff domains`)", put->name);
+    } else if (r < 0) {
+        api_respond_error(put->req, r, "cannot store the certificate: %s", skiff_strerror(r));
+    } else {
+        r = certs__write_file(core, put->name, cert, key);
+        if (r < 0) /* stored: the routers on NATS get it; this host's router keeps the one before */
+            log_error("cannot write %s's certificate for this host's router: %s", put->name,
+                      skiff_strerror(r));
+        if (core->cfg.certs_changed)
+            core->cfg.certs_changed(core->cfg.certs_ctx);
+        api_respond_json(
+            put->req, 200,
+            json_pack("{s:s,s:o*}", "name", put->name, "certificate", api_core__cert_json(cert)));
+    }
+    certs__body_free(put->body);
+    free(put);
+}
+
 /* PUT /v1/domains/DOMAIN/certificate (the admin, any domain) and
  * PUT /v1/orgs/ORG/domains/DOMAIN/certificate (the org's managers, its private domains):
  * {"cert": PEM chain, "key": PEM key}. */
@@ -168,41 +199,70 @@ static void certs__put(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "cert and key are PEM text, without NUL");
         goto done;
     }
-    int r = store_domain_cert_set(core->cfg.store, name, json_string_value(cert),
-                                  json_string_value(key));
-    if (r < 0) {
-        api_respond_error(req, r, "cannot store the certificate: %s", skiff_strerror(r));
-        goto done;
-    }
-    r = certs__write_file(core, name, json_string_value(cert), json_string_value(key));
-    if (r < 0) /* stored: the routers on NATS get it; this host's router keeps the one before */
-        log_error("cannot write %s's certificate for this host's router: %s", name,
-                  skiff_strerror(r));
-    if (core->cfg.certs_changed)
-        core->cfg.certs_changed(core->cfg.certs_ctx);
-    json_t *out = api_core__domain_cert_json(core, name);
-    api_respond_json(req, 200, json_pack("{s:s,s:o*}", "name", name, "certificate", out));
+    struct certs_put *put = xcalloc(1, sizeof *put);
+    *put = (struct certs_put){.core = core, .req = req, .name = name, .body = body};
+    int r = store_domain_cert_set_async(core->cfg.store, name, json_string_value(cert),
+                                        json_string_value(key), certs__stored, put);
+    if (r < 0)
+        certs__stored(put, r);
+    return; /* answered once stored */
 done:
     certs__body_free(body);
 }
 
-/* The one removal of a domain's pair (delete-domain-cert and delete-domain): out of the store,
- * this host's router's file goes, and the routers on NATS are told to remove theirs (bus.c).
- * 0, -ENOENT when the domain had no certificate of its own, or the store's error. */
-int api_core__domain_cert_remove(struct api_core *core, const char *name)
+/* A removal of a domain's pair, queued: who hears of it. */
+struct certs_removal {
+    struct api_core *core;
+    char *name;
+    void (*done)(void *ctx, int rc);
+    void *ctx;
+};
+
+static void certs__removed(void *ctx, int r)
 {
-    int r = store_domain_cert_delete(core->cfg.store, name);
+    struct certs_removal *rm = ctx;
+    struct api_core *core = rm->core;
+    if (r == 0) {
+        char *path = certs__path(core, rm->name);
+        if (unlink(path) < 0 && errno != ENOENT)
+            log_error("cannot remove %s (%s's certificate, out of the store): %s", path, rm->name,
+                      skiff_strerror(-errno));
+        free(path);
+        if (core->cfg.certs_changed)
+            core->cfg.certs_changed(core->cfg.certs_ctx);
+        log_info("removed %s's certificate", rm->name);
+    }
+    rm->done(rm->ctx, r);
+    free(rm->name);
+    free(rm);
+}
+
+/* The one removal of a domain's pair (delete-domain-cert and delete-domain): out of the store
+ * (the write queued), then this host's router's file goes, and the routers on NATS are told to
+ * remove theirs (bus.c). */
+void api_core__domain_cert_remove(struct api_core *core, const char *name,
+                                  void (*done)(void *ctx, int rc), void *ctx)
+{
+    struct certs_removal *rm = xcalloc(1, sizeof *rm);
+    *rm = (struct certs_removal){.core = core, .name = xstrdup(name), .done = done, .ctx = ctx};
+    int r = store_domain_cert_delete_async(core->cfg.store, name, certs__removed, rm);
     if (r < 0)
-        return r;
-    char *path = certs__path(core, name);
-    if (unlink(path) < 0 && errno != ENOENT)
-        log_error("cannot remove %s (%s's certificate, out of the store): %s", path, name,
-                  skiff_strerror(-errno));
-    free(path);
-    if (core->cfg.certs_changed)
-        core->cfg.certs_changed(core->cfg.certs_ctx);
-    log_info("removed %s's certificate", name);
-    return 0;
+        certs__removed(rm, r);
+}
+
+/* DELETE's answer, once the pair is out of the store. */
+static void certs__delete_answer(void *ctx, int r)
+{
+    struct api_request *req = ctx;
+    if (r == -ENOENT)
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          "the domain %s has no certificate of its own (it is served with the "
+                          "default one)",
+                          api_request_param(req, api_request_org(req) ? 1 : 0));
+    else if (r < 0)
+        api_respond_error(req, r, "cannot remove the certificate: %s", skiff_strerror(r));
+    else
+        api_respond(req, 204, NULL, NULL, 0);
 }
 
 /* DELETE /v1/domains/DOMAIN/certificate (the admin) and
@@ -216,19 +276,7 @@ static void certs__delete(struct api_request *req, void *ctx)
     const char *name = api_request_param(req, org ? 1 : 0);
     if (!certs__found(req, core, name, org))
         return;
-    int r = api_core__domain_cert_remove(core, name);
-    if (r == -ENOENT) {
-        api_respond_error(req, SKIFF_E_NOT_FOUND,
-                          "the domain %s has no certificate of its own (it is served with the "
-                          "default one)",
-                          name);
-        return;
-    }
-    if (r < 0) {
-        api_respond_error(req, r, "cannot remove the certificate: %s", skiff_strerror(r));
-        return;
-    }
-    api_respond(req, 204, NULL, NULL, 0);
+    api_core__domain_cert_remove(core, name, certs__delete_answer, req);
 }
 
 /* A pair file of a domain that has none in the store yet (written before certificates were

@@ -2265,14 +2265,32 @@ static void core__stacks_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:[o]}", "stacks", stack));
 }
 
-static void core__domains_list(struct api_request *req, void *ctx)
+/* A domains list waiting for the certificates' read. */
+struct core_domains_list {
+    struct api_core *core;
+    struct api_request *req;
+};
+
+/* The chain of domain in the certificates read (in step with domains), or NULL. */
+static const char *core__domain_chain(char **domains, char **chains, const char *domain)
 {
-    struct api_core *core = ctx;
+    for (size_t i = 0; domains && domains[i]; i++)
+        if (!strcmp(domains[i], domain))
+            return chains[i];
+    return NULL;
+}
+
+static void core__domains_listed(void *ctx, int rc, char **cert_domains, char **chains)
+{
+    struct core_domains_list *l = ctx;
+    struct api_core *core = l->core;
+    struct api_request *req = l->req;
+    free(l);
     char **names = NULL, **owners = NULL;
     bool *shared = NULL;
-    if (store_domain_list(core->cfg.store, &names, &shared, &owners) < 0) {
+    if (rc < 0 || store_domain_list(core->cfg.store, &names, &shared, &owners) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
-        return;
+        goto done;
     }
     json_t *arr = json_array();
     for (size_t i = 0; names[i]; i++) {
@@ -2285,15 +2303,56 @@ static void core__domains_list(struct api_request *req, void *ctx)
         json_t *d = json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]);
         if (org)
             json_object_set_new(d, "org", json_string(org->name));
-        json_t *cert = api_core__domain_cert_json(core, names[i]);
+        json_t *cert = api_core__cert_json(core__domain_chain(cert_domains, chains, names[i]));
         if (cert) /* what it is and until when; never its key */
             json_object_set_new(d, "certificate", cert);
         json_array_append_new(arr, d);
     }
+    api_respond_json(req, 200, json_pack("{s:o}", "domains", arr));
+done:
     store_strv_free(names);
     store_strv_free(owners);
     free(shared);
-    api_respond_json(req, 200, json_pack("{s:o}", "domains", arr));
+    store_strv_free(cert_domains);
+    store_strv_free(chains);
+}
+
+/* The certificates are read by the store's writer, in turn with the writes queued before
+ * (a certificate just set is shown), and the domains then from the store's copy. */
+static void core__domains_list(struct api_request *req, void *ctx)
+{
+    struct core_domains_list *l = xcalloc(1, sizeof *l);
+    *l = (struct core_domains_list){.core = ctx, .req = req};
+    int rc = store_domain_cert_chains_async(l->core->cfg.store, core__domains_listed, l);
+    if (rc < 0)
+        core__domains_listed(l, rc, NULL, NULL);
+}
+
+/* A domain's create or delete, queued: answered once the store made it. */
+struct core_domain_write {
+    struct api_core *core;
+    struct api_request *req;
+    char *name;
+};
+
+static void core__domain_write_free(struct core_domain_write *dw)
+{
+    free(dw->name);
+    free(dw);
+}
+
+static void core__domain_added(void *ctx, int rc)
+{
+    struct core_domain_write *dw = ctx;
+    if (rc == -EEXIST)
+        api_respond_error(dw->req, rc, "the domain %s exists already", dw->name);
+    else if (rc < 0)
+        api_respond_error(dw->req, rc, "cannot store the domain");
+    else
+        api_respond_json(
+            dw->req, 201,
+            json_pack("{s:s,s:b}", "name", dw->name, "shared", api_request_org(dw->req) == NULL));
+    core__domain_write_free(dw);
 }
 
 static void core__domains_create(struct api_request *req, void *ctx)
@@ -2318,16 +2377,11 @@ static void core__domains_create(struct api_request *req, void *ctx)
     }
     /* POST /v1/orgs/ORG/domains: the org's own; POST /v1/domains: shared */
     const char *org = api_request_org(req);
-    int rc = store_domain_add(core->cfg.store, name, org);
-    if (rc == -EEXIST) {
-        api_respond_error(req, rc, "the domain %s exists already", name);
-        goto done;
-    }
-    if (rc < 0) {
-        api_respond_error(req, rc, "cannot store the domain");
-        goto done;
-    }
-    api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", org == NULL));
+    struct core_domain_write *dw = xcalloc(1, sizeof *dw);
+    *dw = (struct core_domain_write){.core = core, .req = req, .name = xstrdup(name)};
+    int rc = store_domain_add_async(core->cfg.store, name, org, core__domain_added, dw);
+    if (rc < 0)
+        core__domain_added(dw, rc);
 done:
     json_decref(body);
 }
@@ -2373,6 +2427,40 @@ static char *core__domain_routes(struct api_core *core, const char *name, int *e
     return b.data; /* NULL when nothing was written */
 }
 
+static void core__domain_deleted(void *ctx, int r)
+{
+    struct core_domain_write *dw = ctx;
+    if (r == -EEXIST) /* a route was mapped on it meanwhile (the store's foreign key) */
+        api_respond_error(dw->req, SKIFF_E_DOMAIN_IN_USE,
+                          "the domain %s has a new route: unmap it first (`skiff routes`)",
+                          dw->name);
+    else if (r == -ENOENT)
+        api_respond_error(dw->req, SKIFF_E_NOT_FOUND, "the domain %s was deleted meanwhile",
+                          dw->name);
+    else if (r < 0)
+        api_respond_error(dw->req, r, "cannot delete the domain: %s", skiff_strerror(r));
+    else {
+        log_info("deleted the domain %s", dw->name);
+        api_respond(dw->req, 204, NULL, NULL, 0);
+    }
+    core__domain_write_free(dw);
+}
+
+/* The domain's certificate is gone (or it had none): the domain's delete is queued. */
+static void core__domain_cert_gone(void *ctx, int r)
+{
+    struct core_domain_write *dw = ctx;
+    if (r < 0 && r != -ENOENT) {
+        api_respond_error(dw->req, r, "cannot remove the domain's certificate: %s",
+                          skiff_strerror(r));
+        core__domain_write_free(dw);
+        return;
+    }
+    r = store_domain_delete_async(dw->core->cfg.store, dw->name, core__domain_deleted, dw);
+    if (r < 0)
+        core__domain_deleted(dw, r);
+}
+
 /* DELETE /v1/domains/DOMAIN (the admin, a shared domain) and DELETE /v1/orgs/ORG/domains/DOMAIN
  * (the org's managers, its private domain). Refused while routes use it (Cloud Foundry deletes
  * them with the domain: here their owners unmap them first); localhost, the built-in shared
@@ -2408,23 +2496,9 @@ static void core__domains_delete(struct api_request *req, void *ctx)
         free(routes);
         return;
     }
-    r = api_core__domain_cert_remove(core, name);
-    if (r < 0 && r != -ENOENT) {
-        api_respond_error(req, r, "cannot remove the domain's certificate: %s", skiff_strerror(r));
-        return;
-    }
-    r = store_domain_delete(core->cfg.store, name);
-    if (r == -EEXIST) /* a route was mapped on it meanwhile (the store's foreign key) */
-        api_respond_error(req, SKIFF_E_DOMAIN_IN_USE,
-                          "the domain %s has a new route: unmap it first (`skiff routes`)", name);
-    else if (r == -ENOENT)
-        api_respond_error(req, SKIFF_E_NOT_FOUND, "the domain %s was deleted meanwhile", name);
-    else if (r < 0)
-        api_respond_error(req, r, "cannot delete the domain: %s", skiff_strerror(r));
-    else {
-        log_info("deleted the domain %s", name);
-        api_respond(req, 204, NULL, NULL, 0);
-    }
+    struct core_domain_write *dw = xcalloc(1, sizeof *dw);
+    *dw = (struct core_domain_write){.core = core, .req = req, .name = xstrdup(name)};
+    api_core__domain_cert_remove(core, name, core__domain_cert_gone, dw);
 }
 
 /* ---- registration ------------------------------------------------------------------------- */

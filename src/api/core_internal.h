@@ -107,12 +107,14 @@ void api_core__blobs_close(struct api_core *core);
 
 /* certs.c: a domain's own HTTPS certificate */
 void api_core__certs_register(struct api_core *core);
-/* {"subject", "issuer", "not_before", "not_after"} of the domain's certificate (new
- * reference), or NULL when it has none. */
-json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
-/* Removes a domain's certificate everywhere (store, this host's router, the routers on NATS):
- * 0, -ENOENT when it had none, or the store's error. */
-int api_core__domain_cert_remove(struct api_core *core, const char *name);
+/* {"subject", "issuer", "not_before", "not_after"} of a certificate chain (PEM; new
+ * reference), or NULL when it cannot be read. */
+json_t *api_core__cert_json(const char *chain);
+/* Removes a domain's certificate everywhere (store, this host's router, the routers on NATS),
+ * the store's write queued: done(ctx, rc) gets 0, -ENOENT when it had none, or the store's
+ * error, once it is made (on the loop, never during the call). */
+void api_core__domain_cert_remove(struct api_core *core, const char *name,
+                                  void (*done)(void *ctx, int rc), void *ctx);
 
 /* core.c: the one check before a package or droplet the store records is removed from disk.
  * The store may name another skiffd's path (a store shared by hosts, or homes on one host),

@@ -907,11 +907,8 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id)
     return NULL;
 }
 
-/* Saves the mapping's document: made at its creation (create) only while no document has its
- * id (-EEXIST: another skiffd made one with that id a moment ago), else only rewritten while it
- * exists, so that counts saved after another skiffd deleted the mapping do not bring it back
- * (the next read of the store lets it go here too). */
-static int mapping_save(struct inv_mapping *m, bool create)
+/* The mapping's document: its spec, where it began to read, its counts and last failures. */
+static char *mapping_doc_text(struct inv_mapping *m)
 {
     json_t *doc = mapping_spec_to_json(&m->spec);
     json_object_set_new(doc, "start_offset", json_integer((json_int_t)m->start_offset));
@@ -927,16 +924,104 @@ static int mapping_save(struct inv_mapping *m, bool create)
         json_object_set_new(doc, "last_fire_ms", json_integer((json_int_t)m->last_fire_ms));
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    struct store *st = m->inv->store;
-    int rc = create ? store_doc_create(st, MAPPING_DOC_KIND, m->spec.id, text)
-                    : store_doc_update(st, MAPPING_DOC_KIND, m->spec.id, text);
-    if (rc == -ENOENT)
-        invoker_sync_soon(m->inv); /* deleted through another skiffd */
-    else if (rc < 0 && rc != -EEXIST)
-        log_error("cannot save event mapping %s: %s", m->spec.id, skiff_strerror(rc));
+    return text;
+}
+
+/* ---- the invoker's store writes, queued (never waited for on the loop) -----------------------
+ *
+ * Each is an inv_store_op on inv->store_ops until its callback comes from the store's reap;
+ * an invoker freed before that leaves its ops with inv NULL, and their callbacks then only
+ * answer whoever waits (a request) and free them. */
+struct inv_store_op {
+    struct invoker *inv;
+    struct inv_store_op *next;
+    char id[128];
+    struct inv_mapping *m;    /* a create: the mapping to start once its document is made */
+    invoker_mapping_fn *done; /* a create's or a delete's caller, or NULL */
+    void *ctx;
+    char mapping[128]; /* a replay's ask taken off the store: its mapping and offset */
+    int64_t offset;
+};
+
+static struct inv_store_op *inv_store_op_new(struct invoker *inv, const char *id)
+{
+    struct inv_store_op *op = xcalloc(1, sizeof *op);
+    op->inv = inv;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    op->next = inv->store_ops;
+    inv->store_ops = op;
+    return op;
+}
+
+/* The op's invoker, the op taken off its list; NULL when the invoker is gone. */
+static struct invoker *inv_store_op_take(struct inv_store_op *op)
+{
+    struct invoker *inv = op->inv;
+    for (struct inv_store_op **pp = inv ? &inv->store_ops : NULL; pp && *pp; pp = &(*pp)->next)
+        if (*pp == op) {
+            *pp = op->next;
+            break;
+        }
+    return inv;
+}
+
+/* The invoker is freed: the callbacks still to come find no invoker. */
+static void inv_store_ops_orphan(struct invoker *inv)
+{
+    for (struct inv_store_op *op = inv->store_ops; op; op = op->next)
+        op->inv = NULL;
+    inv->store_ops = NULL;
+}
+
+static void mapping_saved(void *ctx, int rc)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    if (rc == -ENOENT && inv)
+        invoker_sync_soon(inv); /* deleted through another skiffd */
+    else if (rc < 0 && rc != -ENOENT)
+        log_error("cannot save event mapping %s: %s", op->id, skiff_strerror(rc));
+    free(op);
+}
+
+/* Rewrites the mapping's document, only while it exists (store_doc_update: counts saved after
+ * another skiffd deleted the mapping do not bring it back; the write's -ENOENT has the
+ * invoker read the store again, which lets the mapping go here too). Queued. */
+static void mapping_save(struct inv_mapping *m)
+{
+    char *text = mapping_doc_text(m);
+    struct inv_store_op *op = inv_store_op_new(m->inv, m->spec.id);
+    if (store_doc_update_async(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text, mapping_saved,
+                               op) < 0)
+        mapping_saved(op, -ECANCELED);
     free(text);
     m->stats_dirty = false;
-    return rc;
+}
+
+/* A document's delete, queued; done (when not NULL) hears its outcome. */
+static void mapping_doc_deleted(void *ctx, int rc)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    if (rc < 0 && rc != -ENOENT) {
+        log_error("cannot delete event mapping %s's document: %s", op->id, skiff_strerror(rc));
+        if (inv)
+            invoker_sync_soon(inv); /* what the store still holds runs again */
+    }
+    if (op->done)
+        op->done(op->ctx, rc == -ENOENT ? 0 : rc,
+                 rc < 0 && rc != -ENOENT ? "cannot delete the mapping's record" : NULL);
+    free(op);
+}
+
+static void mapping_doc_delete(struct invoker *inv, const char *id, invoker_mapping_fn *done,
+                               void *ctx)
+{
+    struct inv_store_op *op = inv_store_op_new(inv, id);
+    op->done = done;
+    op->ctx = ctx;
+    if (store_doc_delete_async(inv->store, MAPPING_DOC_KIND, id, mapping_doc_deleted, op) < 0)
+        mapping_doc_deleted(op, -ECANCELED);
 }
 
 /* The sequence number of a stored mapping's counts (0: none, or saved before they had one). */
@@ -990,13 +1075,21 @@ static void mapping_persist(struct inv_mapping *m)
         json_decref(doc);
     }
     m->stats_seq++;
-    mapping_save(m, false);
+    mapping_save(m);
 }
 
-/* invoker_mapping_add, with the place its document recorded (start: NULL for a new mapping,
- * which starts at the topic's end, or its beginning when asked). */
-static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool persist,
-                          const uint64_t *start, char *err, size_t errsize)
+static void mapping_discard(struct inv_mapping *m)
+{
+    mapping_spec_free(&m->spec);
+    free(m->app_ref);
+    free(m);
+}
+
+/* A mapping from spec (taken over), its topic made and where it starts to read decided (start:
+ * the place its document recorded; NULL for a new mapping, which starts at the topic's end,
+ * or its beginning when asked); not started yet (mapping_begin). */
+static int mapping_prepare(struct invoker *inv, struct mapping_spec *spec, const uint64_t *start,
+                           struct inv_mapping **out, char *err, size_t errsize)
 {
     if (!spec->created_at)
         spec->created_at = time_now_ms();
@@ -1015,9 +1108,7 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
          fabric_topic_scoped(m->spec.space, m->spec.dead_letter_topic, m->dead_letter_topic,
                              sizeof m->dead_letter_topic) < 0)) {
         snprintf(err, errsize, "a topic name of the mapping is too long");
-        mapping_spec_free(&m->spec);
-        free(m->app_ref);
-        free(m);
+        mapping_discard(m);
         return -ENAMETOOLONG;
     }
     int64_t wm = (int64_t)m->spec.policy.concurrency * m->spec.max_instances * 4;
@@ -1026,27 +1117,26 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
     int rc = fabric_topic_create(inv->fabric, m->topic);
     if (rc < 0) {
         snprintf(err, errsize, "cannot create topic %s: %s", m->topic, fabric_strerror(rc));
-        goto fail;
+        mapping_discard(m);
+        return rc;
     }
     struct fabric_topic_info info = {0};
     if (fabric_topic_info(inv->fabric, m->topic, &info) == 0)
         m->end_offset = info.end_offset;
-    uint64_t cursor;
     m->start_offset = start                        ? *start
                       : m->spec.start_at_beginning ? info.first_offset
                                                    : m->end_offset;
-    /* the store decides between skiffds making one id at once, before anything is started */
-    if (persist && (rc = mapping_save(m, true)) < 0) {
-        if (rc == -EEXIST)
-            snprintf(err, errsize,
-                     "an event mapping with id '%s' was made a moment ago through another"
-                     " skiffd: leave out 'id' for a new one",
-                     m->spec.id);
-        else
-            snprintf(err, errsize, "cannot save event mapping %s: %s", m->spec.id,
-                     skiff_strerror(rc));
-        goto fail;
-    }
+    *out = m;
+    return 0;
+}
+
+/* Starts a prepared mapping: its cursor, its subscription, its timers. On a failure m is
+ * freed (and, when its document was made for it, persist, the document is deleted: a
+ * mapping that did not start is none). */
+static int mapping_begin(struct inv_mapping *m, bool persist, char *err, size_t errsize)
+{
+    struct invoker *inv = m->inv;
+    uint64_t cursor;
     if (fabric_cursor_get(inv->fabric, m->topic, m->consumer, &cursor) == 0) {
         m->read_next = m->committed = cursor;
     } else if (fabric_is_shared(inv->fabric)) {
@@ -1057,12 +1147,13 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
         m->read_next = m->start_offset;
         m->committed = m->start_offset + 1; /* differs: the first collect commits it */
     }
-    rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
+    int rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
         snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic, fabric_strerror(rc));
-        if (persist) /* its document was made above: a mapping that did not start is none */
-            store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
-        goto fail;
+        if (persist)
+            mapping_doc_delete(inv, m->spec.id, NULL, NULL);
+        mapping_discard(m);
+        return rc;
     }
     uv_timer_init(inv->loop, &m->retry_timer);
     uv_timer_init(inv->loop, &m->cron_timer);
@@ -1078,17 +1169,67 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
     }
     mapping_pump(m);
     return 0;
-fail:
-    mapping_spec_free(&m->spec);
-    free(m->app_ref);
-    free(m);
-    return rc;
 }
 
-int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
-                        size_t errsize)
+/* A mapping read from its document (start: where it records the mapping began), started. */
+static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, const uint64_t *start,
+                          char *err, size_t errsize)
 {
-    return mapping_add_at(inv, spec, persist, NULL, err, errsize);
+    struct inv_mapping *m = NULL;
+    int rc = mapping_prepare(inv, spec, start, &m, err, errsize);
+    return rc < 0 ? rc : mapping_begin(m, false, err, errsize);
+}
+
+/* A new mapping's document is made (or refused): the mapping starts, or goes. */
+static void mapping_created(void *ctx, int rc)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    struct inv_mapping *m = op->m;
+    char err[512] = "";
+    if (rc == -EEXIST)
+        snprintf(err, sizeof err,
+                 "an event mapping with id '%s' was made a moment ago (through this or another"
+                 " skiffd): leave out 'id' for a new one",
+                 op->id);
+    else if (rc < 0)
+        snprintf(err, sizeof err, "cannot save event mapping %s: %s", op->id, skiff_strerror(rc));
+    else if (!inv || inv->stopping)
+        snprintf(err, sizeof err,
+                 "skiffd is stopping: event mapping %s is saved and starts with skiffd", op->id);
+    if (rc < 0 || !inv || inv->stopping) {
+        mapping_discard(m);
+        rc = rc < 0 ? rc : -ECANCELED;
+    } else if (invoker_mapping_find(inv, op->id)) {
+        mapping_discard(m); /* a read of the store started it meanwhile */
+    } else {
+        rc = mapping_begin(m, true, err, sizeof err);
+    }
+    op->done(op->ctx, rc, rc < 0 ? err : NULL);
+    free(op);
+}
+
+void invoker_mapping_create(struct invoker *inv, struct mapping_spec *spec,
+                            invoker_mapping_fn *done, void *ctx)
+{
+    char err[512] = "";
+    struct inv_mapping *m = NULL;
+    int rc = mapping_prepare(inv, spec, NULL, &m, err, sizeof err);
+    if (rc < 0) {
+        done(ctx, rc, err);
+        return;
+    }
+    struct inv_store_op *op = inv_store_op_new(inv, m->spec.id);
+    op->m = m;
+    op->done = done;
+    op->ctx = ctx;
+    /* the store decides between skiffds making one id at once, before anything is started */
+    char *text = mapping_doc_text(m);
+    rc =
+        store_doc_create_async(inv->store, MAPPING_DOC_KIND, m->spec.id, text, mapping_created, op);
+    free(text);
+    if (rc < 0)
+        mapping_created(op, rc);
 }
 
 static void mapping_drop_window(struct inv_mapping *m)
@@ -1111,10 +1252,10 @@ static void mapping_drop_window(struct inv_mapping *m)
 
 static void mapping_retire(struct inv_mapping *m);
 
-void invoker_mapping_remove(struct inv_mapping *m)
+void invoker_mapping_remove(struct inv_mapping *m, invoker_mapping_fn *done, void *ctx)
 {
     struct invoker *inv = m->inv;
-    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
+    mapping_doc_delete(inv, m->spec.id, done, ctx);
     fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
     mapping_retire(m);
 }
@@ -1148,19 +1289,23 @@ static uint64_t replay_clamp(struct inv_mapping *m, uint64_t offset)
     return offset;
 }
 
-int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from)
+uint64_t invoker_mapping_replay_from(struct inv_mapping *m, uint64_t offset)
 {
-    offset = replay_clamp(m, offset);
+    return replay_clamp(m, offset);
+}
+
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t from, store_done_fn *done, void *ctx)
+{
     char nonce[17], id[128];
     random_hex(nonce, 8);
     snprintf(id, sizeof(id), "%s/%016lld-%s", m->spec.id, (long long)time_now_ms(), nonce);
-    json_t *doc = json_pack("{s:s, s:I}", "mapping", m->spec.id, "offset", (json_int_t)offset);
+    json_t *doc = json_pack("{s:s, s:I}", "mapping", m->spec.id, "offset", (json_int_t)from);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    int rc = text ? store_doc_put(m->inv->store, REPLAY_DOC_KIND, id, text) : -ENOMEM;
+    int rc =
+        text ? store_doc_put_async(m->inv->store, REPLAY_DOC_KIND, id, text, done, ctx) : -ENOMEM;
     free(text);
-    *from = offset;
-    return rc < 0 ? rc : 0;
+    return rc;
 }
 
 static int replay_collect(void *ctx, const char *id, const char *text)
@@ -1169,9 +1314,33 @@ static int replay_collect(void *ctx, const char *id, const char *text)
     return 0;
 }
 
+/* A replay asked through another skiffd is off the store (op->id): carried out here. */
+static void replay_taken(void *ctx, int rc)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    struct inv_mapping *m =
+        inv && !inv->stopping && op->mapping[0] ? invoker_mapping_find(inv, op->mapping) : NULL;
+    if (rc < 0 && rc != -ENOENT) {
+        log_warning("cannot take the replay %s off the store (%s): tried again in a second", op->id,
+                    skiff_strerror(rc));
+    } else if (rc == 0 && inv && (!m || op->offset < 0)) {
+        log_warning("a replay asked through another skiffd names event mapping %s, which "
+                    "this skiffd does not have (or no offset): dropped",
+                    op->mapping[0] ? op->mapping : "(none)");
+    } else if (rc == 0 && m) {
+        uint64_t from = invoker_mapping_replay(m, (uint64_t)op->offset);
+        log_info("event mapping %s replays from offset %llu, as asked through another "
+                 "skiffd",
+                 m->spec.id, (unsigned long long)from);
+    }
+    free(op);
+}
+
 /* The leader, once a second: the replays asked through other skiffds, oldest first per
- * mapping (their ids sort by time). Each is taken off the store before it is carried out,
- * so that it is carried out once. */
+ * mapping (their ids sort by time). Each is taken off the store (the delete queued) before it
+ * is carried out, so that it is carried out once; a delete still queued hides it from the
+ * next read. */
 static void invoker_take_replays(struct invoker *inv)
 {
     json_t *asked = json_array();
@@ -1187,21 +1356,11 @@ static void invoker_take_replays(struct invoker *inv)
         json_t *doc = json_loads(json_string_value(json_object_get(e, "text")), 0, NULL);
         const char *mapping = json_string_value(json_object_get(doc, "mapping"));
         json_t *offset = json_object_get(doc, "offset");
-        int rc = store_doc_delete(inv->store, REPLAY_DOC_KIND, id);
-        struct inv_mapping *m = mapping ? invoker_mapping_find(inv, mapping) : NULL;
-        if (rc < 0 && rc != -ENOENT) {
-            log_warning("cannot take the replay %s off the store (%s): tried again in a second", id,
-                        skiff_strerror(rc));
-        } else if (rc == 0 && (!m || !json_is_integer(offset) || json_integer_value(offset) < 0)) {
-            log_warning("a replay asked through another skiffd names event mapping %s, which "
-                        "this skiffd does not have (or no offset): dropped",
-                        mapping ? mapping : "(none)");
-        } else if (rc == 0) {
-            uint64_t from = invoker_mapping_replay(m, (uint64_t)json_integer_value(offset));
-            log_info("event mapping %s replays from offset %llu, as asked through another "
-                     "skiffd",
-                     m->spec.id, (unsigned long long)from);
-        }
+        struct inv_store_op *op = inv_store_op_new(inv, id);
+        snprintf(op->mapping, sizeof op->mapping, "%s", mapping ? mapping : "");
+        op->offset = json_is_integer(offset) ? json_integer_value(offset) : -1;
+        if (store_doc_delete_async(inv->store, REPLAY_DOC_KIND, id, replay_taken, op) < 0)
+            replay_taken(op, -ECANCELED);
         json_decref(doc);
     }
     json_decref(asked);
@@ -1279,8 +1438,8 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     char err[256];
     if (mapping_spec_from_json(doc, &spec, &code, err, sizeof(err)) < 0) {
         log_error("event mapping %s cannot be read (%s): skipped", id, err);
-    } else if (mapping_add_at(inv, &spec, false, start_known ? &start_offset : NULL, err,
-                              sizeof(err)) < 0) {
+    } else if (mapping_add_at(inv, &spec, start_known ? &start_offset : NULL, err, sizeof(err)) <
+               0) {
         log_error("event mapping %s cannot start: %s", id, err);
         mapping_spec_free(&spec);
     } else {
@@ -1465,11 +1624,11 @@ static void invoker_mappings_prune(struct invoker *inv)
         store_app_free(a);
         if (rc == -ENOENT) {
             log_info("event mapping %s removed: its app %s was deleted", m->spec.id, m->spec.app);
-            invoker_mapping_remove(m);
+            invoker_mapping_remove(m, NULL, NULL);
         } else if (process_gone) {
             log_info("event mapping %s removed: %s of app %s was deleted", m->spec.id,
                      m->spec.process, m->spec.app);
-            invoker_mapping_remove(m);
+            invoker_mapping_remove(m, NULL, NULL);
         }
     }
 }
@@ -1852,6 +2011,7 @@ static void invoker_maybe_done(struct invoker *inv)
     void (*done)(void *) = inv->stop_done;
     void *arg = inv->stop_arg;
     json_decref(inv->app_kinds);
+    inv_store_ops_orphan(inv);
     free(inv);
     if (done)
         done(arg);

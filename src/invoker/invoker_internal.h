@@ -12,6 +12,7 @@
 #include "fabric/fabric.h"
 #include "http/client.h"
 #include "invoker/invoker.h"
+#include "store/store.h"
 
 struct api;
 struct api_request;
@@ -153,6 +154,7 @@ struct invoker {
     uv_timer_t tick;               /* scale-down checks and stats persistence, every second */
     bool stopping;
     int pending_ops; /* appends and commits whose callbacks are still to come */
+    struct inv_store_op *store_ops; /* store writes whose callbacks are still to come */
     int open_handles;
     void (*stop_done)(void *arg);
     void *stop_arg;
@@ -167,16 +169,28 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
  * after a burst of 20, and when it is there the mappings are read again now. Whether it is
  * held afterwards. */
 bool invoker_mapping_catch_up(struct invoker *inv, const char *id);
-/* Creates and starts a mapping from a validated spec (takes it over). -ENOENT: no such app. */
-int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
-                        size_t errsize);
-void invoker_mapping_remove(struct inv_mapping *m);
+/* How a mapping's create or delete ended: rc 0, or < 0 with err saying why (-EEXIST: its id
+ * was taken meanwhile). */
+typedef void invoker_mapping_fn(void *ctx, int rc, const char *err);
+/* Makes a mapping from a validated spec (takes it over): its document is created in the store
+ * (only while no document has its id: -EEXIST otherwise), the write queued, and once made the
+ * mapping starts and done hears (on SQLite during the call). */
+void invoker_mapping_create(struct invoker *inv, struct mapping_spec *spec,
+                            invoker_mapping_fn *done, void *ctx);
+/* Stops the mapping at once and deletes its document and cursor; done (when not NULL) hears
+ * once the document's delete is made (0 also when it was gone already). */
+void invoker_mapping_remove(struct inv_mapping *m, invoker_mapping_fn *done, void *ctx);
 /* Moves the mapping's cursor back (or forward) to offset; returns the offset used. Only where
  * invoker_consumes: the cursor has one writer. */
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
+/* Where a replay of m from offset starts: within what the topic keeps. */
+uint64_t invoker_mapping_replay_from(struct inv_mapping *m, uint64_t offset);
 /* Where the invoker does not consume: asks the leading skiffd, through the store, to replay m
- * from offset (it does within a second: invoker_tick). *from gets the offset it will use. */
-int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from);
+ * from `from` (invoker_mapping_replay_from's; it does within a second of the ask's write:
+ * invoker_tick). The write is queued and done(ctx, rc) hears of it (on SQLite during the
+ * call); < 0 when it could not be queued (done is then not called). */
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t from, store_done_fn *done,
+                               void *ctx);
 /* An operation counted in pending_ops (the invoker is not freed before it) ended. */
 void invoker_op_done(struct invoker *inv);
 /* Whether this skiffd reads and commits the mappings' cursors: always on a fabric of its own;

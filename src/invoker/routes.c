@@ -188,6 +188,41 @@ static bool routes_topic_space(struct api_request *req, struct mapping_spec *spe
     return true;
 }
 
+/* A mapping's create or delete, answered once the store made its document's write. */
+struct routes_mapping_write {
+    struct invoker *inv;
+    struct api_request *req;
+    char id[128];
+};
+
+static void routes_mapping_created(void *ctx, int rc, const char *err)
+{
+    struct routes_mapping_write *w = ctx;
+    struct inv_mapping *m = rc < 0 ? NULL : invoker_mapping_find(w->inv, w->id);
+    if (rc < 0)
+        api_respond_error(w->req,
+                          rc == -EEXIST      ? SKIFF_E_CONFLICT
+                          : rc == -ECANCELED ? SKIFF_E_UNAVAILABLE
+                                             : SKIFF_E_INTERNAL,
+                          "%s", err);
+    else if (!m) /* stopped meanwhile */
+        api_respond_error(w->req, SKIFF_E_CONFLICT,
+                          "event mapping %s was deleted as it was made: make it again", w->id);
+    else
+        api_respond_json(w->req, 201, invoker_mapping_json(m));
+    free(w);
+}
+
+static void routes_mapping_deleted(void *ctx, int rc, const char *err)
+{
+    struct routes_mapping_write *w = ctx;
+    if (rc < 0)
+        api_respond_error(w->req, rc, "%s: %s", err, skiff_strerror(rc));
+    else
+        api_respond(w->req, 204, NULL, NULL, 0);
+    free(w);
+}
+
 static void routes_mapping_create(struct api_request *req, void *ctx)
 {
     struct invoker *inv = ctx;
@@ -228,15 +263,11 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         mapping_spec_free(&spec);
         return;
     }
-    char id[37];
-    snprintf(id, sizeof(id), "%s", spec.id);
-    rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
-    if (rc < 0) {
-        mapping_spec_free(&spec);
-        api_respond_error(req, rc == -EEXIST ? SKIFF_E_CONFLICT : SKIFF_E_INTERNAL, "%s", err);
-        return;
-    }
-    api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
+    struct routes_mapping_write *w = xcalloc(1, sizeof *w);
+    *w = (struct routes_mapping_write){.inv = inv, .req = req};
+    snprintf(w->id, sizeof w->id, "%s", spec.id);
+    invoker_mapping_create(inv, &spec, routes_mapping_created, w);
+    mapping_spec_free(&spec); /* what the invoker did not take */
 }
 
 static void routes_mapping_get(struct api_request *req, void *ctx)
@@ -251,34 +282,55 @@ static void routes_mapping_delete(struct api_request *req, void *ctx)
     struct inv_mapping *m = routes_mapping_or_404(ctx, req);
     if (!m)
         return;
-    invoker_mapping_remove(m);
-    api_respond(req, 204, NULL, NULL, 0);
+    struct routes_mapping_write *w = xcalloc(1, sizeof *w);
+    *w = (struct routes_mapping_write){.inv = m->inv, .req = req};
+    invoker_mapping_remove(m, routes_mapping_deleted, w);
 }
 
 /* Carries out a replay of the mapping from offset, or, where this skiffd does not consume
  * (a follower on JetStream), asks the leader to through the store: one writer moves a
  * mapping's cursor. 200 when done here, 202 when the leader does it within a second. */
+static json_t *replay_json(struct inv_mapping *m, uint64_t from, bool here)
+{
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "id", m->spec.id, "topic", m->spec.topic,
+                     "from_offset", (json_int_t)from, "end_offset", (json_int_t)m->end_offset,
+                     "events", (json_int_t)(m->end_offset > from ? m->end_offset - from : 0),
+                     "replayed_by", here ? "this skiffd" : "the leader");
+}
+
+/* A replay asked of the leader, its ask's write queued: answered once it is made. */
+struct replay_ask {
+    struct api_request *req;
+    json_t *answer;
+};
+
+static void replay_asked(void *ctx, int rc)
+{
+    struct replay_ask *a = ctx;
+    if (rc < 0)
+        api_respond_error(a->req, rc, "cannot ask the leading skiffd to replay %s: %s",
+                          json_string_value(json_object_get(a->answer, "id")), skiff_strerror(rc));
+    else
+        api_respond_json(a->req, 202, json_incref(a->answer));
+    json_decref(a->answer);
+    free(a);
+}
+
 static void replay_answer(struct api_request *req, struct inv_mapping *m, uint64_t offset)
 {
-    uint64_t from = offset;
-    int status = 200;
     if (invoker_consumes(m->inv)) {
-        from = invoker_mapping_replay(m, offset);
-    } else {
-        int rc = invoker_mapping_replay_ask(m, offset, &from);
-        if (rc < 0) {
-            api_respond_error(req, rc, "cannot ask the leading skiffd to replay %s: %s", m->spec.id,
-                              skiff_strerror(rc));
-            return;
-        }
-        status = 202;
+        uint64_t from = invoker_mapping_replay(m, offset);
+        api_respond_json(req, 200, replay_json(m, from, true));
+        return;
     }
-    api_respond_json(req, status,
-                     json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "id", m->spec.id, "topic",
-                               m->spec.topic, "from_offset", (json_int_t)from, "end_offset",
-                               (json_int_t)m->end_offset, "events",
-                               (json_int_t)(m->end_offset > from ? m->end_offset - from : 0),
-                               "replayed_by", status == 200 ? "this skiffd" : "the leader"));
+    struct replay_ask *a = xcalloc(1, sizeof *a);
+    a->req = req;
+    uint64_t from = invoker_mapping_replay_from(m, offset);
+    /* what the answer says is read now: the mapping may go before the ask is written */
+    a->answer = replay_json(m, from, false);
+    int rc = invoker_mapping_replay_ask(m, from, replay_asked, a);
+    if (rc < 0)
+        replay_asked(a, rc);
 }
 
 /* A replay from a time, waiting for the fabric to find its offset (fabric_seek_time); counted

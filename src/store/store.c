@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <openssl/crypto.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -710,6 +711,16 @@ void store_write_free(struct store_write *w)
     free(w->drop.process_types_json);
     free(w->drop.digest);
     free(w->drop.blobs);
+    free(w->org_guid);
+    free(w->cert_pem);
+    if (w->key_pem)
+        OPENSSL_cleanse(w->key_pem, strlen(w->key_pem));
+    free(w->key_pem);
+    store_strv_free(w->chains);
+    free(w->audit.space_guid);
+    free(w->audit.org_guid);
+    free(w->audit.target);
+    store_audit_list_free(w->events, w->n_events);
     free(w);
 }
 
@@ -773,6 +784,8 @@ struct store_write *store_write_prune(const char *app_guid, const char *keep_pac
     return w;
 }
 
+static bool store__domain_write_name(const struct store_write *w, char *buf, size_t size);
+
 void store_write_name(const struct store_write *w, char *buf, size_t size)
 {
     static const char *const verbs[] = {
@@ -812,12 +825,16 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "read of package %s", w->id);
     else if (w->op == STORE_READ_APP_FRESH)
         snprintf(buf, size, "read of app %s", w->id);
+    else if (store__domain_write_name(w, buf, size))
+        return;
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
     else
         snprintf(buf, size, "%s of document %s/%s", verbs[w->op], w->kind, w->id);
 }
+
+static bool store__domain_write_report(struct store_write *w);
 
 /* A read package handed over: the write's own fields move to a fresh object. */
 static struct store_package *store__package_take(struct store_package *p)
@@ -830,6 +847,8 @@ static struct store_package *store__package_take(struct store_package *p)
 
 void store_write_report(struct store_write *w)
 {
+    if (store__domain_write_report(w))
+        return;
     if (w->op == STORE_READ_PACKAGE) {
         struct store_package *pkg = w->rc < 0 ? NULL : store__package_take(&w->pkg);
         if (w->done_package)
@@ -857,6 +876,8 @@ void store_write_report(struct store_write *w)
         w->done(w->ctx, w->rc);
     }
 }
+
+static int store__domain_write_now(struct store *st, struct store_write *w);
 
 /* A backend without a writer: the write is made now, done called before returning. */
 static int store__write_now(struct store *st, struct store_write *w)
@@ -936,6 +957,14 @@ static int store__write_now(struct store *st, struct store_write *w)
         break;
     case STORE_WRITE_CALL:
         rc = w->call(st->backend, w->arg);
+        break;
+    case STORE_WRITE_DOMAIN_ADD:
+    case STORE_WRITE_DOMAIN_DELETE:
+    case STORE_WRITE_CERT_SET:
+    case STORE_WRITE_CERT_DELETE:
+    case STORE_READ_CERT_CHAINS:
+    case STORE_READ_AUDIT:
+        rc = store__domain_write_now(st, w);
         break;
     }
     w->rc = rc;
@@ -1199,4 +1228,190 @@ void store_busy_message(struct store *st, char *buf, size_t size)
              "the database is not answering; %zu writes wait (at most %zu are queued): retry "
              "once it answers",
              store_async_queued(st), store_queue_max);
+}
+
+/* ---- domains, certificates, mappings, audit off the caller's thread ------------------------- */
+
+struct store_write *store_write_domain(enum store_write_op op, const char *domain,
+                                       const char *org_guid, const char *cert_pem,
+                                       const char *key_pem, store_done_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(op, NULL, domain, NULL, done, ctx);
+    w->org_guid = store__dup(org_guid);
+    w->cert_pem = store__dup(cert_pem);
+    w->key_pem = store__dup(key_pem);
+    return w;
+}
+
+static bool store__domain_write_name(const struct store_write *w, char *buf, size_t size)
+{
+    switch (w->op) {
+    case STORE_WRITE_DOMAIN_ADD:
+        snprintf(buf, size, "add of domain %s", w->id);
+        return true;
+    case STORE_WRITE_DOMAIN_DELETE:
+        snprintf(buf, size, "delete of domain %s", w->id);
+        return true;
+    case STORE_WRITE_CERT_SET:
+        snprintf(buf, size, "set of domain %s's certificate", w->id);
+        return true;
+    case STORE_WRITE_CERT_DELETE:
+        snprintf(buf, size, "delete of domain %s's certificate", w->id);
+        return true;
+    case STORE_READ_CERT_CHAINS:
+        snprintf(buf, size, "read of the domains' certificates");
+        return true;
+    case STORE_READ_AUDIT:
+        snprintf(buf, size, "read of the audit events");
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The reads' outcomes go to their own callbacks (what was read passed on, NULL on a failure). */
+static bool store__domain_write_report(struct store_write *w)
+{
+    if (w->op == STORE_READ_CERT_CHAINS) {
+        char **domains = w->rc < 0 ? NULL : w->refs, **chains = w->rc < 0 ? NULL : w->chains;
+        if (w->rc < 0) {
+            store_strv_free(w->refs);
+            store_strv_free(w->chains);
+        }
+        w->refs = w->chains = NULL;
+        if (w->done_chains) {
+            w->done_chains(w->ctx, w->rc, domains, chains);
+        } else {
+            store_strv_free(domains);
+            store_strv_free(chains);
+        }
+        return true;
+    }
+    if (w->op == STORE_READ_AUDIT) {
+        struct store_audit_event *events = w->rc < 0 ? NULL : w->events;
+        size_t n = w->rc < 0 ? 0 : w->n_events;
+        if (w->rc < 0)
+            store_audit_list_free(w->events, w->n_events);
+        w->events = NULL;
+        w->n_events = 0;
+        if (w->done_audit)
+            w->done_audit(w->ctx, w->rc, events, n);
+        else
+            store_audit_list_free(events, n);
+        return true;
+    }
+    return false;
+}
+
+/* Every domain's chain, by name: the list, then each one's read (a backend's sync calls). */
+static int store__cert_chains_now(struct store *st, struct store_write *w)
+{
+    int rc = st->ops->domain_cert_list(st->backend, &w->refs);
+    if (rc < 0)
+        return rc;
+    size_t n = 0;
+    while (w->refs[n])
+        n++;
+    w->chains = xcalloc(n + 1, sizeof *w->chains);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *chain = NULL;
+        rc = st->ops->domain_cert_get(st->backend, w->refs[i], &chain, NULL);
+        if (rc == -ENOENT) { /* removed in between */
+            free(w->refs[i]);
+            continue;
+        }
+        if (rc < 0) {
+            for (size_t k = i; k < n; k++)
+                free(w->refs[k]);
+            w->refs[kept] = NULL;
+            return rc;
+        }
+        w->refs[kept] = w->refs[i];
+        w->chains[kept++] = chain;
+    }
+    w->refs[kept] = NULL;
+    return 0;
+}
+
+static int store__domain_write_now(struct store *st, struct store_write *w)
+{
+    const struct store_audit_query *q = &w->audit;
+    switch (w->op) {
+    case STORE_WRITE_DOMAIN_ADD:
+        return st->ops->domain_add(st->backend, w->id, w->org_guid);
+    case STORE_WRITE_DOMAIN_DELETE:
+        return st->ops->domain_delete(st->backend, w->id);
+    case STORE_WRITE_CERT_SET:
+        return st->ops->domain_cert_set(st->backend, w->id, w->cert_pem, w->key_pem);
+    case STORE_WRITE_CERT_DELETE:
+        return st->ops->domain_cert_delete(st->backend, w->id);
+    case STORE_READ_CERT_CHAINS:
+        return store__cert_chains_now(st, w);
+    case STORE_READ_AUDIT:
+        return st->ops->audit_list(st->backend, q->space_guid, q->org_guid, q->target, q->before_id,
+                                   q->limit, &w->events, &w->n_events);
+    default:
+        return -EINVAL;
+    }
+}
+
+int store_domain_add_async(struct store *st, const char *name, const char *org_guid,
+                           store_done_fn *done, void *ctx)
+{
+    return store__queue(
+        st, store_write_domain(STORE_WRITE_DOMAIN_ADD, name, org_guid, NULL, NULL, done, ctx));
+}
+
+int store_domain_delete_async(struct store *st, const char *name, store_done_fn *done, void *ctx)
+{
+    return store__queue(
+        st, store_write_domain(STORE_WRITE_DOMAIN_DELETE, name, NULL, NULL, NULL, done, ctx));
+}
+
+int store_domain_cert_set_async(struct store *st, const char *domain, const char *cert_pem,
+                                const char *key_pem, store_done_fn *done, void *ctx)
+{
+    return store__queue(
+        st, store_write_domain(STORE_WRITE_CERT_SET, domain, NULL, cert_pem, key_pem, done, ctx));
+}
+
+int store_domain_cert_delete_async(struct store *st, const char *domain, store_done_fn *done,
+                                   void *ctx)
+{
+    return store__queue(
+        st, store_write_domain(STORE_WRITE_CERT_DELETE, domain, NULL, NULL, NULL, done, ctx));
+}
+
+int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, done, ctx));
+}
+
+int store_doc_update_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, done, ctx));
+}
+
+int store_domain_cert_chains_async(struct store *st, store_chains_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_CERT_CHAINS, NULL, NULL, NULL, NULL, ctx);
+    w->done_chains = done;
+    return store__queue(st, w);
+}
+
+int store_audit_list_async(struct store *st, const char *space_guid, const char *org_guid,
+                           const char *target, int64_t before_id, size_t limit,
+                           store_audit_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_AUDIT, NULL, NULL, NULL, NULL, ctx);
+    w->audit = (struct store_audit_query){.space_guid = store__dup(space_guid),
+                                          .org_guid = store__dup(org_guid),
+                                          .target = store__dup(target),
+                                          .before_id = before_id,
+                                          .limit = limit};
+    w->done_audit = done;
+    return store__queue(st, w);
 }

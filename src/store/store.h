@@ -556,4 +556,43 @@ extern size_t store_queue_max;
  * writes wait ...". */
 void store_busy_message(struct store *st, char *buf, size_t size);
 
+/* Domains, certificates, mappings, audit */
+
+/* store_domain_add, _delete, store_domain_cert_set and _delete through the same writer, in
+ * turn with the others: queued, returning at once, done(ctx, rc) getting what the synchronous
+ * call would have returned (-EEXIST a domain's name taken, or a domain still referred to;
+ * -ENOENT nothing to delete, or a certificate for a domain there is not). The synchronous
+ * calls of the same names wait for their turn in the same queue. store_domain_list shows the
+ * queued domain writes as made, store_domain_cert_get and store_domain_cert_list the queued
+ * certificate writes (a write the server refuses is then read from it again). The key given
+ * to store_domain_cert_set_async is copied (and the copy wiped once written). On SQLite,
+ * made during the call. */
+int store_domain_add_async(struct store *st, const char *name, const char *org_guid,
+                           store_done_fn *done, void *ctx);
+int store_domain_delete_async(struct store *st, const char *name, store_done_fn *done, void *ctx);
+int store_domain_cert_set_async(struct store *st, const char *domain, const char *cert_pem,
+                                const char *key_pem, store_done_fn *done, void *ctx);
+int store_domain_cert_delete_async(struct store *st, const char *domain, store_done_fn *done,
+                                   void *ctx);
+/* store_doc_create and store_doc_update queued: done gets -EEXIST (a create of an id taken
+ * by its turn) or -ENOENT (an update of a document gone by then). Reads see them at once
+ * wherever they know whether the document is there (this store's copy or its queue). */
+int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx);
+int store_doc_update_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx);
+/* Reads made by the writer in turn with the writes queued before them (so they see those),
+ * their outcome given to done on the caller's thread as the writes' are.
+ * store_domain_cert_chains_async: every domain that has a certificate of its own, by name,
+ * and its chain (never its key); both NULL-terminated, in step, the callback's to
+ * store_strv_free (NULL on a failure). */
+typedef void store_chains_fn(void *ctx, int rc, char **domains, char **chains);
+int store_domain_cert_chains_async(struct store *st, store_chains_fn *done, void *ctx);
+/* store_audit_list's read (the same filters): done gets the events (the callback's to
+ * store_audit_list_free; NULL and 0 on a failure). */
+typedef void store_audit_fn(void *ctx, int rc, struct store_audit_event *list, size_t n);
+int store_audit_list_async(struct store *st, const char *space_guid, const char *org_guid,
+                           const char *target, int64_t before_id, size_t limit,
+                           store_audit_fn *done, void *ctx);
+
 #endif

@@ -50,6 +50,17 @@ enum store_write_op {
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
+    /* Domains, certificates, mappings, audit: store_domain_add(_async) (id: the name, org_guid),
+     * store_domain_delete(_async) (id), store_domain_cert_set(_async) (id: the domain,
+     * cert_pem, key_pem), store_domain_cert_delete(_async) (id); and two reads in turn with the
+     * writes: store_domain_cert_chains_async (chains read into refs and chains) and
+     * store_audit_list_async (audit: the filters, events read into events). */
+    STORE_WRITE_DOMAIN_ADD,
+    STORE_WRITE_DOMAIN_DELETE,
+    STORE_WRITE_CERT_SET,
+    STORE_WRITE_CERT_DELETE,
+    STORE_READ_CERT_CHAINS,
+    STORE_READ_AUDIT,
 };
 struct store_write {
     enum store_write_op op;
@@ -69,6 +80,19 @@ struct store_write {
     int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
     void *arg;
     const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
+    /* Domains, certificates, mappings, audit (the ops above) */
+    char *org_guid;           /* STORE_WRITE_DOMAIN_ADD: NULL for a shared domain */
+    char *cert_pem, *key_pem; /* STORE_WRITE_CERT_SET (the key wiped when freed) */
+    char **chains;            /* STORE_READ_CERT_CHAINS: the chains of the domains in refs */
+    store_chains_fn *done_chains;
+    struct store_audit_query {
+        char *space_guid, *org_guid, *target;
+        int64_t before_id;
+        size_t limit;
+    } audit;                          /* STORE_READ_AUDIT: the filters */
+    struct store_audit_event *events; /* STORE_READ_AUDIT: what it read */
+    size_t n_events;
+    store_audit_fn *done_audit;
     void *ctx;
     int rc;
     bool sync;     /* a caller waits for it: it frees it */
@@ -96,6 +120,10 @@ struct store_write *store_write_prune(const char *app_guid, const char *keep_pac
 void store_write_free(struct store_write *w);
 /* Calls w's callback with its outcome (a read's list, package or app passed on). */
 void store_write_report(struct store_write *w);
+/* A domain's or certificate's write (STORE_WRITE_DOMAIN_*, STORE_WRITE_CERT_*), with copies. */
+struct store_write *store_write_domain(enum store_write_op op, const char *domain,
+                                       const char *org_guid, const char *cert_pem,
+                                       const char *key_pem, store_done_fn *done, void *ctx);
 /* "document KIND/ID", "audit event TYPE", for messages */
 void store_write_name(const struct store_write *w, char *buf, size_t size);
 

@@ -351,6 +351,10 @@ struct store_backend {
     char **doms, **dom_orgs;
     bool *dom_shared;
     uint64_t doms_gen, doms_at;
+    /* Queued writes of domains and certificates, in the queue's order: reads make them over
+     * what they read until each is finished. */
+    struct store_write **dom_pending;
+    size_t n_dom_pending;
     /* All tasks, read whole, kept while tasks_gen stays at tasks_at: another writer's "tasks"
      * notification, "all", a lost feed and a write of this store's the server refused move
      * it; this store's writes made change it in place. */
@@ -876,6 +880,7 @@ static void pg__close(struct store_backend *b)
         store_app_free(b->queued_apps[i].app);
     free(b->queued_apps);
     free(b->pending);
+    free(b->dom_pending);
     store_strv_free(b->doms);
     store_strv_free(b->dom_orgs);
     free(b->dom_shared);
@@ -1921,14 +1926,153 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     return 0;
 }
 
-static int pg__domain_add(struct store_backend *b, const char *name, const char *org_guid)
+/* ---- domains and their certificates ------------------------------------------------------
+ *
+ * Written by the writer in turn with the others (the synchronous calls await theirs); the
+ * queued domain and certificate writes (dom_pending, in the queue's order) are made over what
+ * the reads find until each is finished. */
+
+static int pg__domain_add_now(struct store_backend *b, const char *name, const char *org_guid)
 {
     const char *v[] = {name, org_guid ? "0" : "1", org_guid};
-    int rc =
-        pg__write(b, "INSERT INTO domains (name, shared, org_guid) VALUES ($1, $2::integer, $3)", 3,
-                  v, false);
-    b->doms_gen++;
-    return rc;
+    return pg__write(b, "INSERT INTO domains (name, shared, org_guid) VALUES ($1, $2::integer, $3)",
+                     3, v, false);
+}
+
+static int pg__domain_delete_now(struct store_backend *b, const char *name)
+{
+    const char *v[] = {name};
+    return pg__write(b, "DELETE FROM domains WHERE name = $1", 1, v, true);
+}
+
+static int pg__domain_cert_set_now(struct store_backend *b, const char *domain,
+                                   const char *cert_pem, const char *key_pem)
+{
+    struct pg_num at;
+    const char *v[] = {domain, cert_pem, key_pem, pg__num(&at, time_now_ms())};
+    return pg__write(b,
+                     "INSERT INTO domain_certs (domain, cert, key, updated_at)"
+                     " VALUES ($1, $2, $3, $4::bigint) ON CONFLICT (domain) DO UPDATE SET"
+                     " cert = excluded.cert, key = excluded.key, updated_at = excluded.updated_at",
+                     4, v, false);
+}
+
+static int pg__domain_cert_delete_now(struct store_backend *b, const char *domain)
+{
+    const char *v[] = {domain};
+    return pg__write(b, "DELETE FROM domain_certs WHERE domain = $1", 1, v, true);
+}
+
+/* store_domain_cert_chains_async's read: every domain's chain, by name (into refs, chains). */
+static int pg__cert_chains_query(struct store_backend *b, struct store_write *w)
+{
+    store_strv_free(w->refs); /* a try before a lost connection */
+    store_strv_free(w->chains);
+    w->refs = w->chains = NULL;
+    PGresult *res = NULL;
+    if (pg__exec(b, "SELECT domain, cert FROM domain_certs ORDER BY domain COLLATE \"C\"", 0, NULL,
+                 &res) < 0)
+        return -EIO;
+    size_t n = (size_t)PQntuples(res);
+    w->refs = xcalloc(n + 1, sizeof *w->refs);
+    w->chains = xcalloc(n + 1, sizeof *w->chains);
+    for (size_t i = 0; i < n; i++) {
+        w->refs[i] = pg__text(res, (int)i, 0);
+        w->chains[i] = pg__text(res, (int)i, 1);
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int pg__audit_list(struct store_backend *b, const char *space_guid, const char *org_guid,
+                          const char *target, int64_t before_id, size_t limit,
+                          struct store_audit_event **out, size_t *n);
+
+/* The writer's part of the ops of domains, certificates and the queued reads. */
+static int pg__domain_apply(struct store_backend *wb, struct store_write *w)
+{
+    const struct store_audit_query *q = &w->audit;
+    switch (w->op) {
+    case STORE_WRITE_DOMAIN_ADD:
+        return pg__domain_add_now(wb, w->id, w->org_guid);
+    case STORE_WRITE_DOMAIN_DELETE:
+        return pg__domain_delete_now(wb, w->id);
+    case STORE_WRITE_CERT_SET:
+        return pg__domain_cert_set_now(wb, w->id, w->cert_pem, w->key_pem);
+    case STORE_WRITE_CERT_DELETE:
+        return pg__domain_cert_delete_now(wb, w->id);
+    case STORE_READ_CERT_CHAINS:
+        return pg__cert_chains_query(wb, w);
+    case STORE_READ_AUDIT:
+        store_audit_list_free(w->events, w->n_events); /* a try before a lost connection */
+        w->events = NULL;
+        w->n_events = 0;
+        return pg__audit_list(wb, q->space_guid, q->org_guid, q->target, q->before_id, q->limit,
+                              &w->events, &w->n_events);
+    default:
+        return -EINVAL;
+    }
+}
+
+static bool pg__is_domain_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_DOMAIN_ADD || w->op == STORE_WRITE_DOMAIN_DELETE ||
+           w->op == STORE_WRITE_CERT_SET || w->op == STORE_WRITE_CERT_DELETE;
+}
+
+/* The domains as read (v, sh, o: NULL-terminated, in name order) with one queued domain write
+ * made over them: an add of a name not there yet, a delete of one there. */
+static void pg__domains_apply(char ***v, bool **sh, char ***o, const struct store_write *w)
+{
+    size_t n = 0, at = 0;
+    while ((*v)[n])
+        n++;
+    while (at < n && strcmp((*v)[at], w->id) < 0)
+        at++;
+    bool there = at < n && !strcmp((*v)[at], w->id);
+    if (w->op == STORE_WRITE_DOMAIN_DELETE && there) {
+        free((*v)[at]);
+        free((*o)[at]);
+        memmove(&(*v)[at], &(*v)[at + 1], (n - at) * sizeof **v);
+        memmove(&(*o)[at], &(*o)[at + 1], (n - at) * sizeof **o);
+        memmove(&(*sh)[at], &(*sh)[at + 1], (n - at) * sizeof **sh);
+    } else if (w->op == STORE_WRITE_DOMAIN_ADD && !there) {
+        *v = xrealloc(*v, (n + 2) * sizeof **v);
+        *o = xrealloc(*o, (n + 2) * sizeof **o);
+        *sh = xrealloc(*sh, (n + 2) * sizeof **sh);
+        memmove(&(*v)[at + 1], &(*v)[at], (n + 1 - at) * sizeof **v);
+        memmove(&(*o)[at + 1], &(*o)[at], (n + 1 - at) * sizeof **o);
+        memmove(&(*sh)[at + 1], &(*sh)[at], (n + 1 - at) * sizeof **sh);
+        (*v)[at] = xstrdup(w->id);
+        (*o)[at] = xstrdup(w->org_guid ? w->org_guid : "");
+        (*sh)[at] = w->org_guid == NULL;
+    }
+}
+
+/* A domain or certificate write as it finished: reads no longer make it over what they read.
+ * A domain write made changes the copy in place (no read from the server); one refused, or
+ * made while the copy was not current, has the domains read again. */
+static void pg__domain_finished(struct store_backend *b, struct store_write *w)
+{
+    for (size_t i = 0; i < b->n_dom_pending; i++)
+        if (b->dom_pending[i] == w) {
+            memmove(&b->dom_pending[i], &b->dom_pending[i + 1],
+                    (b->n_dom_pending - i - 1) * sizeof w);
+            b->n_dom_pending--;
+            break;
+        }
+    if (w->op != STORE_WRITE_DOMAIN_ADD && w->op != STORE_WRITE_DOMAIN_DELETE)
+        return;
+    if (w->finished && w->rc == 0 && b->doms && b->doms_at == b->doms_gen)
+        pg__domains_apply(&b->doms, &b->dom_shared, &b->dom_orgs, w);
+    else
+        b->doms_gen++;
+}
+
+static int pg__domain_add(struct store_backend *b, const char *name, const char *org_guid)
+{
+    return pg__await(
+        b, store_write_domain(STORE_WRITE_DOMAIN_ADD, name, org_guid, NULL, NULL, NULL, NULL));
 }
 
 static int pg__domain_list_query(struct store_backend *b, char ***names, bool **shared,
@@ -1968,7 +2112,8 @@ static char **pg__strv_dup(char **v)
 }
 
 /* From the copy while nothing announced a change of domains: a route's mapping reads them,
- * and must not wait for the server. With the feed lost, read each time. */
+ * and must not wait for the server. With the feed lost, read each time. The queued domain
+ * writes are made over it. */
 static int pg__domain_list(struct store_backend *b, char ***names, bool **shared, char ***org_guids)
 {
     pg__feed_read(b);
@@ -1991,39 +2136,61 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     size_t n = 0;
     while (b->doms[n])
         n++;
-    *names = pg__strv_dup(b->doms);
-    if (shared) {
-        *shared = xcalloc(n + 1, sizeof **shared);
-        memcpy(*shared, b->dom_shared, n * sizeof **shared);
-    }
+    char **v = pg__strv_dup(b->doms), **o = pg__strv_dup(b->dom_orgs);
+    bool *sh = xcalloc(n + 1, sizeof *sh);
+    memcpy(sh, b->dom_shared, n * sizeof *sh);
+    for (size_t i = 0; i < b->n_dom_pending; i++)
+        pg__domains_apply(&v, &sh, &o, b->dom_pending[i]);
+    *names = v;
+    if (shared)
+        *shared = sh;
+    else
+        free(sh);
     if (org_guids)
-        *org_guids = pg__strv_dup(b->dom_orgs);
+        *org_guids = o;
+    else
+        store_strv_free(o);
     return 0;
 }
 
 static int pg__domain_delete(struct store_backend *b, const char *name)
 {
-    const char *v[] = {name};
-    int rc = pg__write(b, "DELETE FROM domains WHERE name = $1", 1, v, true);
-    b->doms_gen++;
-    return rc;
+    return pg__await(
+        b, store_write_domain(STORE_WRITE_DOMAIN_DELETE, name, NULL, NULL, NULL, NULL, NULL));
 }
 
 static int pg__domain_cert_set(struct store_backend *b, const char *domain, const char *cert_pem,
                                const char *key_pem)
 {
-    struct pg_num at;
-    const char *v[] = {domain, cert_pem, key_pem, pg__num(&at, time_now_ms())};
-    return pg__write(b,
-                     "INSERT INTO domain_certs (domain, cert, key, updated_at)"
-                     " VALUES ($1, $2, $3, $4::bigint) ON CONFLICT (domain) DO UPDATE SET"
-                     " cert = excluded.cert, key = excluded.key, updated_at = excluded.updated_at",
-                     4, v, false);
+    return pg__await(
+        b, store_write_domain(STORE_WRITE_CERT_SET, domain, NULL, cert_pem, key_pem, NULL, NULL));
+}
+
+/* The newest queued certificate write of the domain, or NULL. */
+static const struct store_write *pg__cert_queued(const struct store_backend *b, const char *domain)
+{
+    const struct store_write *found = NULL;
+    for (size_t i = 0; i < b->n_dom_pending; i++) {
+        const struct store_write *w = b->dom_pending[i];
+        if ((w->op == STORE_WRITE_CERT_SET || w->op == STORE_WRITE_CERT_DELETE) &&
+            !strcmp(w->id, domain))
+            found = w;
+    }
+    return found;
 }
 
 static int pg__domain_cert_get(struct store_backend *b, const char *domain, char **cert_pem,
                                char **key_pem)
 {
+    const struct store_write *q = pg__cert_queued(b, domain);
+    if (q) {
+        if (q->op == STORE_WRITE_CERT_DELETE)
+            return -ENOENT;
+        *cert_pem = xstrdup(q->cert_pem);
+        if (key_pem)
+            *key_pem = xstrdup(q->key_pem);
+        return 0;
+    }
     PGresult *res = NULL;
     const char *v[] = {domain};
     if (pg__exec(b, "SELECT cert, key FROM domain_certs WHERE domain = $1", 1, v, &res) < 0)
@@ -2038,6 +2205,12 @@ static int pg__domain_cert_get(struct store_backend *b, const char *domain, char
     return rc;
 }
 
+static int pg__cmp_str(const void *x, const void *y)
+{
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* The domains with a certificate, read, and the queued certificate writes made over them. */
 static int pg__domain_cert_list(struct store_backend *b, char ***domains)
 {
     PGresult *res = NULL;
@@ -2045,18 +2218,35 @@ static int pg__domain_cert_list(struct store_backend *b, char ***domains)
                  &res) < 0)
         return -EIO;
     size_t n = (size_t)PQntuples(res);
-    char **v = xcalloc(n + 1, sizeof *v);
+    char **v = xcalloc(n + b->n_dom_pending + 1, sizeof *v);
     for (size_t i = 0; i < n; i++)
         v[i] = pg__text(res, (int)i, 0);
     PQclear(res);
+    for (size_t i = 0; i < b->n_dom_pending; i++) {
+        const struct store_write *w = b->dom_pending[i];
+        if (w->op != STORE_WRITE_CERT_SET && w->op != STORE_WRITE_CERT_DELETE)
+            continue;
+        size_t at = 0;
+        while (at < n && strcmp(v[at], w->id))
+            at++;
+        if (at == n && w->op == STORE_WRITE_CERT_SET) {
+            v[n++] = xstrdup(w->id);
+        } else if (at < n && w->op == STORE_WRITE_CERT_DELETE) {
+            free(v[at]);
+            v[at] = v[--n];
+            v[n] = NULL;
+        }
+    }
+    if (n)
+        qsort(v, n, sizeof *v, pg__cmp_str); /* byte order, as COLLATE "C" */
     *domains = v;
     return 0;
 }
 
 static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
 {
-    const char *v[] = {domain};
-    return pg__write(b, "DELETE FROM domain_certs WHERE domain = $1", 1, v, true);
+    return pg__await(
+        b, store_write_domain(STORE_WRITE_CERT_DELETE, domain, NULL, NULL, NULL, NULL, NULL));
 }
 
 /* ---- packages and droplets --------------------------------------------------------------- */
@@ -2974,6 +3164,13 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__app_get_query(wb, w->id, &w->app);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
+    case STORE_WRITE_DOMAIN_ADD:
+    case STORE_WRITE_DOMAIN_DELETE:
+    case STORE_WRITE_CERT_SET:
+    case STORE_WRITE_CERT_DELETE:
+    case STORE_READ_CERT_CHAINS:
+    case STORE_READ_AUDIT:
+        return pg__domain_apply(wb, w);
     }
     return -EINVAL;
 }
@@ -3291,8 +3488,25 @@ static void pg__app_finished(struct store_backend *b, struct store_write *w)
     }
 }
 
-/* A write as it is queued: the cache holds what it will make (put, delete) or forgets (an
- * app write's copy is taken before, pg__app_copy). */
+/* A create or an update as it is queued: where the copy knows whether the document is there,
+ * it holds what the write will make of it; else it forgets it. */
+static void pg__doc_cache_queued_if(struct store_backend *b, const struct store_write *w)
+{
+    if (!pg__doc_cache_on(b))
+        return;
+    struct pg_doc *d = pg__doc_cached(b, w->kind, w->id);
+    if (!d && !pg__doc_kind_full(b, w->kind)) {
+        pg__doc_cache_forget(b, w->kind, w->id);
+        return;
+    }
+    bool there = d && d->json;
+    if (there == (w->op == STORE_WRITE_DOC_UPDATE))
+        pg__doc_cache_set(b, w->kind, w->id, w->json);
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete; a create or an
+ * update where it knows what they will make) or forgets (an app write's copy is taken
+ * before, pg__app_copy). */
 static void pg__cache_queued(struct store_backend *b, const struct store_write *w)
 {
     if (w->op == STORE_WRITE_DOC_PUT)
@@ -3300,7 +3514,7 @@ static void pg__cache_queued(struct store_backend *b, const struct store_write *
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
     else if (pg__is_doc_write(w))
-        pg__doc_cache_forget(b, w->kind, w->id);
+        pg__doc_cache_queued_if(b, w);
 }
 
 /* A droplet's add made puts it in the copy of droplets (never changed once written: the
@@ -3414,6 +3628,10 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__app_fresh_finished(b, w);
         return;
     }
+    if (pg__is_domain_write(w)) {
+        pg__domain_finished(b, w);
+        return;
+    }
     if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w);
         return;
@@ -3424,8 +3642,7 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
     }
     if (!pg__is_doc_write(w))
         return;
-    if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
-        (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
+    if (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT))
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
@@ -3525,6 +3742,10 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
                 b->tview_ok = false;
         }
     }
+    if (pg__is_domain_write(w)) {
+        b->dom_pending = xrealloc(b->dom_pending, (b->n_dom_pending + 1) * sizeof *b->dom_pending);
+        b->dom_pending[b->n_dom_pending++] = w;
+    }
     return 0;
 }
 
@@ -3557,6 +3778,8 @@ static int pg__await_refs(struct store_backend *b, struct store_write *w, char *
         store_write_free(w);
     } else if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w); /* no longer the owner's to read */
+    } else if (pg__is_domain_write(w)) {
+        pg__domain_finished(b, w);
     }
     return rc;
 }
@@ -3741,12 +3964,77 @@ static int pg__audit_add(struct store_backend *b, const struct store_audit_event
     return pg__await(b, store_write_audit(ev, NULL, NULL));
 }
 
-/* Queued document writes as a reader must see them: the newest put or delete of each id of
- * kind (id NULL: every id), oldest first; copies, the caller's to free. */
+/* Queued document writes as a reader must see them: for each id of kind (id NULL: every id),
+ * what the queued writes of it make, in the queue's order; copies, the caller's to free. A put
+ * or a delete makes the same whatever was there; a create (only while absent) or an update
+ * (only while there) depends on it: `there` and `json` say what they make of a document that
+ * was there before them (PG_KEEP: left as it was), `absent` what they make of none (NULL:
+ * still none). pg__pending_over gives the outcome over what was there. */
+enum { PG_KEEP, PG_SET, PG_DEL };
 struct pg_pending {
     char *id;
-    char *json; /* NULL: deleted */
+    char *json; /* there == PG_SET; the outcome once known (pg__pending_over) */
+    int there;
+    char *absent;
 };
+
+static void pg__pending_add(struct pg_pending *p, const struct store_write *w)
+{
+    switch (w->op) {
+    case STORE_WRITE_DOC_PUT:
+    case STORE_WRITE_DOC_DELETE:
+        free(p->json);
+        free(p->absent);
+        p->there = w->op == STORE_WRITE_DOC_PUT ? PG_SET : PG_DEL;
+        p->json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+        p->absent = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+        break;
+    case STORE_WRITE_DOC_UPDATE:
+        if (p->there != PG_DEL) {
+            free(p->json);
+            p->json = xstrdup(w->json);
+            p->there = PG_SET;
+        }
+        if (p->absent) {
+            free(p->absent);
+            p->absent = xstrdup(w->json);
+        }
+        break;
+    case STORE_WRITE_DOC_CREATE:
+        if (p->there == PG_DEL) {
+            p->json = xstrdup(w->json);
+            p->there = PG_SET;
+        }
+        if (!p->absent)
+            p->absent = xstrdup(w->json);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Whether the outcome is the same whatever was there (then in json, NULL: none). */
+static bool pg__pending_known(const struct pg_pending *p)
+{
+    return (p->there == PG_SET && p->absent && !strcmp(p->json, p->absent)) ||
+           (p->there == PG_DEL && !p->absent);
+}
+
+/* The outcome over base (the document before the writes, or NULL for none), into json. */
+static void pg__pending_over(struct pg_pending *p, const char *base)
+{
+    if (pg__pending_known(p))
+        return;
+    char *out = base ? (p->there == PG_KEEP  ? xstrdup(base)
+                        : p->there == PG_SET ? xstrdup(p->json)
+                                             : NULL)
+                     : (p->absent ? xstrdup(p->absent) : NULL);
+    free(p->json);
+    free(p->absent);
+    p->json = out;
+    p->absent = out ? xstrdup(out) : NULL;
+    p->there = out ? PG_SET : PG_DEL;
+}
 
 static size_t pg__pending(struct store_backend *b, const char *kind, const char *id,
                           struct pg_pending **out)
@@ -3756,19 +4044,16 @@ static size_t pg__pending(struct store_backend *b, const char *kind, const char 
     size_t n = 0;
     pthread_mutex_lock(&pw->mu);
     for (struct store_write *w = pw->head; w; w = w->next) {
-        if ((w->op != STORE_WRITE_DOC_PUT && w->op != STORE_WRITE_DOC_DELETE) ||
-            strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
+        if (!pg__is_doc_write(w) || strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
             continue;
         size_t i = 0;
         while (i < n && strcmp(v[i].id, w->id))
             i++;
         if (i == n) {
             v = xrealloc(v, (n + 1) * sizeof *v);
-            v[n].id = xstrdup(w->id);
-            v[n++].json = NULL;
+            v[n++] = (struct pg_pending){.id = xstrdup(w->id), .there = PG_KEEP};
         }
-        free(v[i].json);
-        v[i].json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+        pg__pending_add(&v[i], w);
     }
     pthread_mutex_unlock(&pw->mu);
     *out = v;
@@ -3780,57 +4065,69 @@ static void pg__pending_free(struct pg_pending *v, size_t n)
     for (size_t i = 0; i < n; i++) {
         free(v[i].id);
         free(v[i].json);
+        free(v[i].absent);
     }
     free(v);
 }
 
-/* Whether this store's queue holds a write of (kind, id): *rc and *json are then what it
- * will make. */
-static bool pg__doc_queued(struct store_backend *b, const char *kind, const char *id, char **json,
-                           int *rc)
+/* A read of one document (rc 0 or -ENOENT, *json) made over by its queued writes p. */
+static int pg__pending_answer(struct pg_pending *p, int rc, char **json)
 {
-    struct pg_pending *p = NULL;
-    size_t n = pg__pending(b, kind, id, &p);
-    if (!n)
-        return false;
-    *rc = p[0].json ? 0 : -ENOENT;
-    *json = p[0].json;
-    p[0].json = NULL;
-    pg__pending_free(p, n);
-    return true;
+    if (rc != 0 && rc != -ENOENT)
+        return rc;
+    pg__pending_over(p, rc == 0 ? *json : NULL);
+    free(rc == 0 ? *json : NULL);
+    *json = p->json ? xstrdup(p->json) : NULL;
+    return *json ? 0 : -ENOENT;
 }
 
 /* The queue is read before the server: a write that finishes in between is then seen both
- * ways, the same. */
+ * ways, the same (making the queued writes again over their outcome changes nothing). What
+ * they will make is what the copy keeps. */
 static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
 {
+    struct pg_pending *p = NULL;
+    size_t np = pg__pending(b, kind, id, &p);
     int rc;
-    if (pg__doc_queued(b, kind, id, json, &rc))
-        return rc;
-    if (!pg__doc_cache_on(b))
-        return pg__doc_get_query(b, kind, id, json);
-    struct pg_doc *d = pg__doc_cached(b, kind, id);
-    if (d || pg__doc_kind_full(b, kind)) {
-        *json = d && d->json ? xstrdup(d->json) : NULL;
-        return *json ? 0 : -ENOENT;
+    *json = NULL;
+    if (np && pg__pending_known(p)) {
+        rc = pg__pending_answer(p, -ENOENT, json);
+    } else if (!pg__doc_cache_on(b)) {
+        rc = pg__doc_get_query(b, kind, id, json);
+        if (np)
+            rc = pg__pending_answer(p, rc, json);
+    } else {
+        struct pg_doc *d = pg__doc_cached(b, kind, id);
+        if (d || pg__doc_kind_full(b, kind)) {
+            *json = d && d->json ? xstrdup(d->json) : NULL;
+            rc = *json ? 0 : -ENOENT;
+        } else {
+            rc = pg__doc_get_query(b, kind, id, json);
+        }
+        if (np)
+            rc = pg__pending_answer(p, rc, json);
+        if (!d && (rc == 0 || rc == -ENOENT)) {
+            if (b->n_docs >= PG_DOC_CACHE_MAX)
+                pg__doc_cache_clear(b); /* many keys read once each: the copy starts again */
+            pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
+        }
     }
-    rc = pg__doc_get_query(b, kind, id, json);
-    if (rc == 0 || rc == -ENOENT) {
-        if (b->n_docs >= PG_DOC_CACHE_MAX)
-            pg__doc_cache_clear(b); /* many keys read once each: the copy starts again */
-        pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
-    }
+    pg__pending_free(p, np);
     return rc;
 }
 
-/* store_doc_get_fresh: the queue, then the server. A copy that did not hold what the server
- * holds is dropped whole (another writer's news is on its way); what is read is not kept. */
+/* store_doc_get_fresh: the queue (a document with writes queued here is read as
+ * store_doc_get reads it: from the copy where it knows whether the document was there), then
+ * the server. A copy that did not hold what the server holds is dropped whole (another
+ * writer's news is on its way); what is read is not kept. */
 static int pg__doc_get_fresh(struct store_backend *b, const char *kind, const char *id, char **json)
 {
-    int rc;
-    if (pg__doc_queued(b, kind, id, json, &rc))
-        return rc;
-    rc = pg__doc_get_query(b, kind, id, json);
+    struct pg_pending *p = NULL;
+    size_t np = pg__pending(b, kind, id, &p);
+    pg__pending_free(p, np);
+    if (np) /* writes of it are queued here: read as store_doc_get reads it */
+        return pg__doc_get(b, kind, id, json);
+    int rc = pg__doc_get_query(b, kind, id, json);
     if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
         return rc;
     struct pg_doc *d = pg__doc_cached(b, kind, id);
@@ -3851,8 +4148,7 @@ static int pg__doc_row(void *ctx, const char *id, const char *json)
 {
     struct pg_doc_rows *r = ctx;
     r->v = xrealloc(r->v, (r->n + 1) * sizeof *r->v);
-    r->v[r->n].id = xstrdup(id);
-    r->v[r->n++].json = xstrdup(json);
+    r->v[r->n++] = (struct pg_pending){.id = xstrdup(id), .json = xstrdup(json), .there = PG_SET};
     return 0;
 }
 
@@ -3863,19 +4159,34 @@ static int pg__pending_cmp(const void *x, const void *y)
 
 /* The documents of kind: from the cache when it holds the kind whole, else read (and the
  * cache then holds it whole). */
+/* Each queued write's outcome over the rows read (the documents before them). */
+static void pg__pending_over_rows(struct pg_pending *p, size_t np, const struct pg_doc_rows *r)
+{
+    for (size_t i = 0; i < np; i++) {
+        size_t k = 0;
+        while (k < r->n && strcmp(r->v[k].id, p[i].id))
+            k++;
+        pg__pending_over(&p[i], k < r->n ? r->v[k].json : NULL);
+    }
+}
+
 static int pg__doc_rows(struct store_backend *b, const char *kind, struct pg_doc_rows *r,
-                        const struct pg_pending *p, size_t np)
+                        struct pg_pending *p, size_t np)
 {
     bool cache = pg__doc_cache_on(b);
     if (cache && pg__doc_kind_full(b, kind)) {
         for (size_t i = 0; i < b->n_docs; i++)
             if (b->docs[i].json && !strcmp(b->docs[i].kind, kind))
                 pg__doc_row(r, b->docs[i].id, b->docs[i].json);
+        pg__pending_over_rows(p, np, r);
         return 0;
     }
     int rc = pg__doc_each_query(b, kind, pg__doc_row, r);
-    if (rc < 0 || !cache)
+    if (rc < 0 || !cache) {
+        if (rc == 0)
+            pg__pending_over_rows(p, np, r);
         return rc;
+    }
     for (size_t i = 0; i < b->n_docs;) { /* the kind as read, nothing else */
         if (!strcmp(b->docs[i].kind, kind))
             pg__doc_cache_forget(b, kind, b->docs[i].id);
@@ -3884,6 +4195,7 @@ static int pg__doc_rows(struct store_backend *b, const char *kind, struct pg_doc
     }
     for (size_t i = 0; i < r->n; i++)
         pg__doc_cache_set(b, kind, r->v[i].id, r->v[i].json);
+    pg__pending_over_rows(p, np, r);
     for (size_t i = 0; i < np; i++) /* queued: what they will make, not what was read */
         pg__doc_cache_set(b, kind, p[i].id, p[i].json);
     b->full_kinds = xrealloc(b->full_kinds, (b->n_full_kinds + 1) * sizeof *b->full_kinds);
@@ -3904,8 +4216,7 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
             k++;
         if (k == r.n) {
             r.v = xrealloc(r.v, (r.n + 1) * sizeof *r.v);
-            r.v[r.n].id = xstrdup(p[i].id);
-            r.v[r.n++].json = NULL;
+            r.v[r.n++] = (struct pg_pending){.id = xstrdup(p[i].id), .there = PG_DEL};
         }
         free(r.v[k].json);
         r.v[k].json = p[i].json ? xstrdup(p[i].json) : NULL;

@@ -362,3 +362,82 @@ def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir
     finally:
         resume(pids)
         p.close()
+
+
+def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_server(pg_dir):
+    """A domain made, a domain's certificate set, an event mapping made and another deleted,
+    and the domains and audit events listed while the server is stopped: each request waits
+    for its write (or its read, made after the writes queued before it), which the store's
+    writer makes once the server answers again; the other API calls are answered meanwhile,
+    and the deleted mapping is already gone from the list."""
+    from test_tls import CA
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "mapped"})
+        assert status == 201, body
+        status, body = p.api("POST", "/v1/domains", {"name": "certified.test"})
+        assert status == 201, body
+        status, old = p.api("POST", "/v1/event-mappings", {"app": "mapped", "topic": "old"})
+        assert status == 201, old
+        cert, key = CA(os.path.join(p.home, "paused-ca")).issue("certified.test",
+                                                                ["certified.test"])
+        with open(cert) as c, open(key) as k:
+            pair = {"cert": c.read(), "key": k.read()}
+        status, listed = p.api("GET", "/v1/event-mappings")
+        assert status == 200 and [m["id"] for m in listed["event_mappings"]] == [old["id"]]
+
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, listed = get("/v1/event-mappings")
+            assert status == 200, listed
+            status, metrics = get("/metrics")
+            assert status == 200, metrics
+            queued = next(int(ln.split()[1]) for ln in metrics.splitlines()
+                          if ln.startswith("skiff_store_queued_writes "))
+            # the unmapped one stops at once; the writes (and the two reads) wait
+            return listed["event_mappings"] == [] and queued >= 6
+
+        answers, calls = writes_while_paused(
+            p, pids, [("domain", "POST", "/v1/domains", {"name": "paused.test"}),
+                      ("cert", "PUT", "/v1/domains/certified.test/certificate", pair),
+                      ("map", "POST", "/v1/event-mappings",
+                       {"app": "mapped", "topic": "new", "id": "made-while-paused"}),
+                      ("unmap", "DELETE", f"/v1/event-mappings/{old['id']}"),
+                      ("domains", "GET", "/v1/domains"),
+                      ("audit", "GET", "/v1/admin/audit_events")], seen_in)
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["domain"][0][0] == 201, answers
+        assert answers["cert"][0][0] == 200, answers
+        assert answers["cert"][0][1]["certificate"]["subject"].endswith("certified.test"), answers
+        assert answers["map"][0][0] == 201, answers
+        assert answers["map"][0][1]["id"] == "made-while-paused", answers
+        assert answers["unmap"][0][0] == 204, answers
+        assert answers["domains"][0][0] == 200, answers
+        assert answers["audit"][0][0] == 200, answers
+        status, listed = p.api("GET", "/v1/event-mappings")
+        assert [m["id"] for m in listed["event_mappings"]] == ["made-while-paused"], listed
+        status, domains = p.api("GET", "/v1/domains")
+        assert status == 200, domains
+        by_name = {d["name"]: d for d in domains["domains"]}
+        assert "paused.test" in by_name, domains
+        assert by_name["certified.test"]["certificate"]["subject"].endswith("certified.test")
+        # the certificates come from a read of their chains: never a key in an answer
+        for answer in (answers["cert"][0][1], answers["domains"][0][1], domains):
+            assert "PRIVATE KEY" not in json.dumps(answer) and pair["key"] not in json.dumps(answer)
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert "paused.test" in db_rows(url, "SELECT name FROM domains")
+        assert db_rows(url, "SELECT domain FROM domain_certs") == ["certified.test"]
+        assert db_rows(url, "SELECT id FROM documents WHERE kind = 'event_mapping'") == \
+            ["made-while-paused"]
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()

@@ -3095,6 +3095,236 @@ static void test_route_and_task_reads_follow_each_queued_write(void **state)
     remove_db(path);
 }
 
+/* ---- domains, certificates, mappings, audit off the caller's thread ------------------------- */
+
+static bool strv_has(char **v, const char *s)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        if (!strcmp(v[i], s))
+            return true;
+    return false;
+}
+
+/* What a queued read of the certificates' chains or of the audit list gave its callback. */
+struct read_log {
+    struct done_log *log;
+    int tag;
+    char **domains, **chains;
+    struct store_audit_event *events;
+    size_t n_events;
+};
+
+static void note_chains(void *ctx, int rc, char **domains, char **chains)
+{
+    struct read_log *r = ctx;
+    note_done(done_tag(r->log, r->tag), rc);
+    r->domains = domains;
+    r->chains = chains;
+}
+
+static void note_audit(void *ctx, int rc, struct store_audit_event *list, size_t n)
+{
+    struct read_log *r = ctx;
+    note_done(done_tag(r->log, r->tag), rc);
+    r->events = list;
+    r->n_events = n;
+}
+
+/* Domain and certificate writes, a document's create and update and the two queued reads
+ * (the certificates' chains, the audit list) are made in the order asked for, in turn with the
+ * document writes; until they are made (a row held on PostgreSQL), store_domain_list shows the
+ * queued domains, store_domain_cert_get and _list the queued certificates, store_doc_get the
+ * queued create and update, and the reads see the writes queued before them. */
+static void
+test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_domain_add(st, "gone.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "kept.test", NULL), 0);
+    assert_int_equal(store_domain_cert_set(st, "kept.test", "OLD", "OLDKEY"), 0);
+    assert_int_equal(store_doc_put(st, "k", "held", "{}"), 0);
+    assert_int_equal(store_doc_put(st, "k", "upd", "{\"v\":0}"), 0);
+    char *json = doc_body(st, "k", "fresh"); /* known absent */
+    assert_null(json);
+    /* written by another store: this one's copy does not know it */
+    struct store *other = open_ok(path);
+    assert_int_equal(store_doc_put(other, "k", "elsewhere", "{\"v\":0}"), 0);
+    store_close(other);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "held") : NULL;
+    struct done_log log = {0};
+    struct store_audit_event ev = {
+        .at = 1, .type = "audit.domain.create", .actor = "admin", .target = "q.test"};
+    struct read_log chains = {.log = &log, .tag = 8}, audit = {.log = &log, .tag = 10};
+    assert_int_equal(
+        store_doc_put_async(st, "k", "held", "{\"v\":1}", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_domain_add_async(st, "q.test", NULL, note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(
+        store_domain_add_async(st, "org.test", "org-guid", note_done, done_tag(&log, 2)), 0);
+    assert_int_equal(
+        store_domain_cert_set_async(st, "q.test", "CHAIN", "KEY", note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_domain_cert_delete_async(st, "kept.test", note_done, done_tag(&log, 4)),
+                     0);
+    assert_int_equal(store_domain_delete_async(st, "gone.test", note_done, done_tag(&log, 5)), 0);
+    assert_int_equal(
+        store_doc_update_async(st, "k", "upd", "{\"v\":1}", note_done, done_tag(&log, 6)), 0);
+    assert_int_equal(
+        store_doc_create_async(st, "k", "fresh", "{\"new\":1}", note_done, done_tag(&log, 7)), 0);
+    assert_int_equal(
+        store_doc_update_async(st, "k", "elsewhere", "{\"v\":1}", note_done, done_tag(&log, 11)),
+        0);
+    assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
+    assert_int_equal(store_audit_add_async(st, &ev, note_done, done_tag(&log, 9)), 0);
+    assert_int_equal(store_audit_list_async(st, NULL, NULL, "q.test", 0, 10, note_audit, &audit),
+                     0);
+    if (hold) /* all of them wait behind the held row */
+        assert_int_equal(store_async_queued(st), 12);
+
+    char **names = NULL, **orgs = NULL;
+    bool *shared = NULL;
+    assert_int_equal(store_domain_list(st, &names, &shared, &orgs), 0);
+    assert_true(strv_has(names, "q.test"));
+    assert_true(strv_has(names, "kept.test"));
+    assert_false(strv_has(names, "gone.test"));
+    for (size_t i = 0; names[i]; i++) {
+        if (i > 0) /* in byte order, as read */
+            assert_true(strcmp(names[i - 1], names[i]) < 0);
+        if (!strcmp(names[i], "org.test")) {
+            assert_false(shared[i]);
+            assert_string_equal(orgs[i], "org-guid");
+        }
+        if (!strcmp(names[i], "q.test"))
+            assert_true(shared[i]);
+    }
+    assert_true(strv_has(names, "org.test"));
+    store_strv_free(names);
+    store_strv_free(orgs);
+    free(shared);
+    char *cert = NULL, *key = NULL;
+    assert_int_equal(store_domain_cert_get(st, "q.test", &cert, &key), 0);
+    assert_string_equal(cert, "CHAIN");
+    assert_string_equal(key, "KEY");
+    free(cert);
+    free(key);
+    assert_int_equal(store_domain_cert_get(st, "kept.test", &cert, NULL), -ENOENT);
+    if (!hold)
+        goto landed; /* SQLite: made during the calls */
+    assert_int_equal(store_domain_cert_list(st, &names), 0);
+    assert_true(strv_has(names, "q.test"));
+    assert_false(strv_has(names, "kept.test"));
+    store_strv_free(names);
+    json = doc_body(st, "k", "upd");
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    json = doc_body(st, "k", "fresh");
+    assert_string_equal(json, "{\"new\":1}");
+    free(json);
+    json = doc_body(st, "k", "elsewhere"); /* the server's row, the queued update over it */
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    assert_int_equal(log.n, 0);
+    hold_release(hold);
+landed:
+    reap_until(st, &log, 12);
+    int order[] = {0, 1, 2, 3, 4, 5, 6, 7, 11, 8, 9, 10}; /* in the order queued */
+    for (int i = 0; i < 12; i++) {
+        assert_int_equal(log.order[i], order[i]);
+        assert_int_equal(log.rc[i], 0);
+    }
+    /* the reads saw the writes queued before them */
+    assert_non_null(chains.domains);
+    assert_string_equal(chains.domains[0], "q.test");
+    assert_string_equal(chains.chains[0], "CHAIN");
+    assert_null(chains.domains[1]);
+    assert_null(chains.chains[1]);
+    assert_int_equal(audit.n_events, 1);
+    assert_string_equal(audit.events[0].type, "audit.domain.create");
+    store_strv_free(chains.domains);
+    store_strv_free(chains.chains);
+    store_audit_list_free(audit.events, audit.n_events);
+    store_close(st);
+    /* what another store reads from the database afterwards */
+    st = open_ok(path);
+    assert_int_equal(store_domain_list(st, &names, NULL, NULL), 0);
+    assert_true(strv_has(names, "q.test") && strv_has(names, "org.test"));
+    assert_false(strv_has(names, "gone.test"));
+    store_strv_free(names);
+    assert_int_equal(store_domain_cert_get(st, "q.test", &cert, NULL), 0);
+    assert_string_equal(cert, "CHAIN");
+    free(cert);
+    assert_int_equal(store_domain_cert_get(st, "kept.test", &cert, NULL), -ENOENT);
+    json = doc_body(st, "k", "upd");
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    json = doc_body(st, "k", "fresh");
+    assert_string_equal(json, "{\"new\":1}");
+    free(json);
+    json = doc_body(st, "k", "elsewhere");
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    store_close(st);
+    remove_db(path);
+}
+
+/* Writes the server refuses are reported to their callbacks with what the synchronous calls
+ * return, and not shown by the reads once refused: a domain that exists, a certificate of a
+ * domain there is not, a domain still referred to by its certificate, an update of a document
+ * that is gone, a create of one that is there. */
+static void
+test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_domain_add(st, "taken.test", "org-a"), 0);
+    assert_int_equal(store_domain_cert_set(st, "taken.test", "C", "K"), 0);
+    assert_int_equal(store_doc_put(st, "k", "there", "{\"v\":0}"), 0);
+    struct done_log log = {0};
+    assert_int_equal(store_domain_add_async(st, "taken.test", NULL, note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(
+        store_domain_cert_set_async(st, "nowhere.test", "C", "K", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_domain_delete_async(st, "taken.test", note_done, done_tag(&log, 2)), 0);
+    assert_int_equal(
+        store_domain_cert_delete_async(st, "nowhere.test", note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_doc_update_async(st, "k", "absent", "{}", note_done, done_tag(&log, 4)),
+                     0);
+    assert_int_equal(
+        store_doc_create_async(st, "k", "there", "{\"v\":9}", note_done, done_tag(&log, 5)), 0);
+    assert_int_equal(store_domain_delete_async(st, "nowhere.test", note_done, done_tag(&log, 6)),
+                     0);
+    reap_until(st, &log, 7);
+    int want[] = {-EEXIST, -EEXIST, -EEXIST, -ENOENT, -ENOENT, -EEXIST, -ENOENT};
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(log.order[i], i);
+        assert_int_equal(log.rc[i], want[i]);
+    }
+    char **names = NULL, **orgs = NULL;
+    assert_int_equal(store_domain_list(st, &names, NULL, &orgs), 0);
+    bool found = false;
+    for (size_t i = 0; names[i]; i++)
+        if (!strcmp(names[i], "taken.test")) {
+            found = true;
+            assert_string_equal(orgs[i], "org-a"); /* the first one's, not the refused add's */
+        }
+    assert_true(found);
+    assert_false(strv_has(names, "nowhere.test"));
+    store_strv_free(names);
+    store_strv_free(orgs);
+    char *cert = NULL;
+    assert_int_equal(store_domain_cert_get(st, "nowhere.test", &cert, NULL), -ENOENT);
+    assert_int_equal(store_domain_cert_get(st, "taken.test", &cert, NULL), 0);
+    assert_string_equal(cert, "C");
+    free(cert);
+    assert_null(doc_body(st, "k", "absent"));
+    char *json = doc_body(st, "k", "there");
+    assert_string_equal(json, "{\"v\":0}");
+    free(json);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -3147,7 +3377,11 @@ static void test_route_and_task_reads_follow_each_queued_write(void **state)
             test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once),      \
         cmocka_unit_test(test_queued_reads_of_packages_and_apps_answer_in_turn),                   \
         cmocka_unit_test(test_writes_past_the_queue_bound_are_refused_at_once),                    \
-        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write)
+        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write), \
+        cmocka_unit_test(                                                                          \
+            test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once),         \
+        cmocka_unit_test(                                                                          \
+            test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback)
 
 int main(void)
 {
