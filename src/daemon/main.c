@@ -639,6 +639,7 @@ static void daemon_store_feed(uv_poll_t *h, int status, int events)
     if (d->bus)
         bus_routes_changed(d->bus);
     invoker_store_news(d->invoker);
+    scheduler_store_news(d->sched);
 }
 
 static void daemon_store_feed_poll_closed(uv_handle_t *h)

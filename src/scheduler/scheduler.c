@@ -1816,7 +1816,8 @@ int scheduler_resync(struct scheduler *s)
 {
     if (!s->leading || s->shutting_down)
         return 0;
-    sched__take_restarts(s);
+    if (!s->restarts_read)
+        sched__take_restarts(s);
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);
@@ -2045,19 +2046,21 @@ static int sched__restart_collect(void *ctx, const char *id, const char *json)
 }
 
 /* Leading: the restarts other skiffds asked for (sched__ask_restart) are carried out, each
- * once, and their documents deleted. Read when the store says that kind changed, and once
- * when leading begins (what was asked while nobody, or this one holding, led). */
+ * once, and their documents deleted. Read once when leading begins (what was asked while
+ * nobody, or this one holding, led), then when the change feed brings news of that kind
+ * (scheduler_store_news): never on a timer, since a store whose feed is lost counts every
+ * call as news and would read the server on the loop each second while it is silent. */
 static void sched__take_restarts(struct scheduler *s)
 {
     uint64_t news = store_doc_news_kind(s->store, SCHED_RESTART_KIND);
     if (s->restarts_read && news == s->restarts_news)
         return;
+    s->restarts_read = true; /* a failed read is made again on the next news */
     struct sched__restart_list l = {0};
-    if (store_doc_each_fresh(s->store, SCHED_RESTART_KIND, sched__restart_collect, &l) < 0) {
+    if (store_doc_each(s->store, SCHED_RESTART_KIND, sched__restart_collect, &l) < 0) {
         free(l.v);
-        return; /* read again on the next resync */
+        return;
     }
-    s->restarts_read = true;
     s->restarts_news = news;
     for (size_t i = 0; i < l.n; i++) {
         store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);
@@ -2072,6 +2075,12 @@ static void sched__take_restarts(struct scheduler *s)
                          "Restarted by the skiffd that leads, as another skiffd was asked");
     }
     free(l.v);
+}
+
+void scheduler_store_news(struct scheduler *s)
+{
+    if (s && s->leading && !s->shutting_down)
+        sched__take_restarts(s);
 }
 
 static int sched__restart(struct scheduler *s, const char *app, bool rolling)

@@ -154,6 +154,9 @@ void scheduler_hand_over(struct scheduler *s);
  * elsewhere once two resyncs in a row saw it. One store_app_list, and one store_app_get and
  * store_droplet_get per started app. A no-op when not leading. */
 int scheduler_resync(struct scheduler *s);
+/* The store's change feed brought news: leading, the restarts other skiffds asked for since
+ * are carried out (a restart asked of a skiffd that does not lead is recorded in the store). */
+void scheduler_store_news(struct scheduler *s);
 
 /* The cells it runs instances on (cell/client.h), e.g. for GET /v1/cells. */
 struct cellc *scheduler_cells(struct scheduler *s);
