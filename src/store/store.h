@@ -519,4 +519,22 @@ int store_task_put_async(struct store *st, const struct store_task *task, store_
                          void *ctx);
 int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
 
+/* Documents: create, replace, fresh reads */
+/* store_doc_create and store_doc_replace through the writer, in turn with the others, done(ctx,
+ * rc) getting what the synchronous call would have returned (-EEXIST the id exists, -ESTALE
+ * the body is no longer expected). store_doc_get and store_doc_each show the document as
+ * created or replaced at once, unless what this store knows (its queue, its copy) says the
+ * server will refuse it: a create of an id present, a replace of a body other than expected.
+ * One shown and then refused (another writer came first) is read from the server again. */
+int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx);
+int store_doc_replace_async(struct store *st, const char *kind, const char *id,
+                            const char *expected, const char *json, store_done_fn *done, void *ctx);
+/* store_doc_get_fresh off the caller's thread, after the writes queued before it (so it sees
+ * them): done(ctx, rc, json) with 0 and the body (valid during the call only), -ENOENT, or
+ * -EIO. */
+typedef void store_doc_fn(void *ctx, int rc, const char *json);
+int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id,
+                              store_doc_fn *done, void *ctx);
+
 #endif

@@ -43,10 +43,17 @@ enum store_write_op {
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
+    STORE_WRITE_DOC_REPLACE, /* store_doc_replace(_async): kind, id, expected, json */
+    STORE_READ_DOC_FRESH,    /* store_doc_get_fresh_async: kind, id; json gets what was read */
 };
 struct store_write {
     enum store_write_op op;
     char *kind, *id, *json;      /* documents */
+    char *expected;              /* STORE_WRITE_DOC_REPLACE: the body it replaces */
+    /* STORE_WRITE_DOC_CREATE and _REPLACE: whether reads see it as made while it is queued
+     * (false when what this store knows says it will be refused) */
+    bool shown;
+    store_doc_fn *done_doc;      /* STORE_READ_DOC_FRESH */
     struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */
     store_done_fn *done;
     store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
@@ -75,6 +82,11 @@ struct store_write *store_write_route(enum store_write_op op, const struct store
                                       store_done_fn *done, void *ctx);
 struct store_write *store_write_task(const struct store_task *task, store_done_fn *done, void *ctx);
 void store_write_free(struct store_write *w);
+/* A document's replace or fresh read, with their copies. */
+struct store_write *store_write_doc_replace(const char *kind, const char *id, const char *expected,
+                                            const char *json, store_done_fn *done, void *ctx);
+struct store_write *store_write_doc_fresh(const char *kind, const char *id, store_doc_fn *done,
+                                          void *ctx);
 /* Calls w's callback with its outcome (a read's list passed on). */
 void store_write_report(struct store_write *w);
 /* "document KIND/ID", "audit event TYPE", for messages */

@@ -2589,9 +2589,8 @@ struct pg_replace_args {
     const char *kind, *id, *expected, *json;
 };
 
-static int pg__doc_replace_now(struct store_backend *b, void *arg)
+static int pg__doc_replace_now(struct store_backend *b, const struct pg_replace_args *a)
 {
-    const struct pg_replace_args *a = arg;
     struct pg_num at;
     const char *v[] = {a->kind, a->id, a->json, pg__num(&at, time_now_ms()), a->expected};
     int rc = pg__write(b,
@@ -2601,14 +2600,13 @@ static int pg__doc_replace_now(struct store_backend *b, void *arg)
     return rc == -ENOENT ? -ESTALE : rc;
 }
 
+static int pg__await(struct store_backend *b, struct store_write *w);
+
+/* Through the writer's queue, as store_doc_replace_async: the copy forgets it once made */
 static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
                            const char *expected, const char *json)
 {
-    struct pg_replace_args a = {.kind = kind, .id = id, .expected = expected, .json = json};
-    int rc = pg__call(b, "replace of a document", pg__doc_replace_now, &a);
-    /* conditional: the copy, whichever the outcome, is read again next */
-    pg__doc_cache_forget(b, kind, id);
-    return rc;
+    return pg__await(b, store_write_doc_replace(kind, id, expected, json, NULL, NULL));
 }
 
 /* The rows are all read before fn is called, so fn may call the store. */
@@ -2687,6 +2685,15 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__task_delete_now(wb, w->id);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
+    case STORE_WRITE_DOC_REPLACE: {
+        struct pg_replace_args a = {
+            .kind = w->kind, .id = w->id, .expected = w->expected, .json = w->json};
+        return pg__doc_replace_now(wb, &a);
+    }
+    case STORE_READ_DOC_FRESH:
+        free(w->json); /* a try before a lost connection */
+        w->json = NULL;
+        return pg__doc_get_query(wb, w->kind, w->id, &w->json);
     }
     return -EINVAL;
 }
@@ -2902,7 +2909,8 @@ static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
 static bool pg__is_doc_write(const struct store_write *w)
 {
     return w->op == STORE_WRITE_DOC_PUT || w->op == STORE_WRITE_DOC_DELETE ||
-           w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE;
+           w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
+           w->op == STORE_WRITE_DOC_REPLACE;
 }
 
 static bool pg__is_app_write(const struct store_write *w)
@@ -3004,15 +3012,62 @@ static void pg__app_finished(struct store_backend *b, struct store_write *w)
     }
 }
 
-/* A write as it is queued: the cache holds what it will make (put, delete) or forgets (an
- * app write's copy is taken before, pg__app_copy). */
+/* A create or a replace: what it makes depends on what the server holds. */
+static bool pg__is_doc_conditional(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_REPLACE;
+}
+
+static bool pg__doc_queued(struct store_backend *b, const char *kind, const char *id, char **json,
+                           int *rc);
+
+/* Whether reads should see a create or a replace as made while it is queued: unless what this
+ * store knows of the document (the writes queued before it, then the copy) says the server
+ * will refuse it (a create of a document present, a replace of a body other than expected).
+ * Not known here: shown; one refused after all is read from the server again. */
+static bool pg__doc_will_land(struct store_backend *b, const struct store_write *w)
+{
+    char *json = NULL;
+    int rc = 0;
+    bool known = pg__doc_queued(b, w->kind, w->id, &json, &rc);
+    if (!known && pg__doc_cache_on(b)) {
+        struct pg_doc *d = pg__doc_cached(b, w->kind, w->id);
+        known = d || pg__doc_kind_full(b, w->kind);
+        json = d && d->json ? xstrdup(d->json) : NULL;
+    }
+    bool lands = true;
+    if (known && w->op == STORE_WRITE_DOC_CREATE)
+        lands = json == NULL;
+    else if (known)
+        lands = json && !strcmp(json, w->expected);
+    free(json);
+    return lands;
+}
+
+/* A fresh read made: a copy that did not hold what the server holds is dropped whole (another
+ * writer's news is on its way); what was read is not kept. */
+static void pg__doc_fresh_seen(struct store_backend *b, const char *kind, const char *id, int rc,
+                               const char *json)
+{
+    if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
+        return;
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    bool known = d || pg__doc_kind_full(b, kind);
+    const char *had = d ? d->json : NULL;
+    bool same = rc == 0 ? had && !strcmp(had, json) : !had;
+    if (!same && (rc == 0 || known))
+        pg__doc_cache_clear(b);
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete, a create or a
+ * replace shown) or forgets (an app write's copy is taken before, pg__app_copy). */
 static void pg__cache_queued(struct store_backend *b, const struct store_write *w)
 {
-    if (w->op == STORE_WRITE_DOC_PUT)
+    if (w->op == STORE_WRITE_DOC_PUT || (pg__is_doc_conditional(w) && w->shown))
         pg__doc_cache_set(b, w->kind, w->id, w->json);
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
-    else if (pg__is_doc_write(w))
+    else if (w->op == STORE_WRITE_DOC_UPDATE)
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
@@ -3063,9 +3118,14 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__app_finished(b, w);
         return;
     }
+    if (w->op == STORE_READ_DOC_FRESH) {
+        pg__doc_fresh_seen(b, w->kind, w->id, w->rc, w->json);
+        return;
+    }
     if (!pg__is_doc_write(w))
         return;
     if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
+        w->op == STORE_WRITE_DOC_REPLACE ||
         (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
         pg__doc_cache_forget(b, w->kind, w->id);
 }
@@ -3074,6 +3134,8 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
     struct store_app *copy = NULL;
+    if (pg__is_doc_conditional(w))
+        w->shown = pg__doc_will_land(b, w);
     if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
         copy = pg__app_copy(w);
@@ -3331,8 +3393,9 @@ static size_t pg__pending(struct store_backend *b, const char *kind, const char 
     size_t n = 0;
     pthread_mutex_lock(&pw->mu);
     for (struct store_write *w = pw->head; w; w = w->next) {
-        if ((w->op != STORE_WRITE_DOC_PUT && w->op != STORE_WRITE_DOC_DELETE) ||
-            strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
+        bool shown = w->op == STORE_WRITE_DOC_PUT || w->op == STORE_WRITE_DOC_DELETE ||
+                     (pg__is_doc_conditional(w) && w->shown);
+        if (!shown || strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
             continue;
         size_t i = 0;
         while (i < n && strcmp(v[i].id, w->id))
@@ -3343,7 +3406,7 @@ static size_t pg__pending(struct store_backend *b, const char *kind, const char 
             v[n++].json = NULL;
         }
         free(v[i].json);
-        v[i].json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+        v[i].json = w->op == STORE_WRITE_DOC_DELETE ? NULL : xstrdup(w->json);
     }
     pthread_mutex_unlock(&pw->mu);
     *out = v;
@@ -3406,14 +3469,7 @@ static int pg__doc_get_fresh(struct store_backend *b, const char *kind, const ch
     if (pg__doc_queued(b, kind, id, json, &rc))
         return rc;
     rc = pg__doc_get_query(b, kind, id, json);
-    if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
-        return rc;
-    struct pg_doc *d = pg__doc_cached(b, kind, id);
-    bool known = d || pg__doc_kind_full(b, kind);
-    const char *had = d ? d->json : NULL;
-    bool same = rc == 0 ? had && !strcmp(had, *json) : !had;
-    if (!same && (rc == 0 || known))
-        pg__doc_cache_clear(b);
+    pg__doc_fresh_seen(b, kind, id, rc, rc == 0 ? *json : NULL);
     return rc;
 }
 
