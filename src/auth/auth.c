@@ -2117,23 +2117,56 @@ bool auth_catch_up_user(struct auth *a, const char *name)
            auth__catch_up(a, AUTH_DOC_USER_NAME, name, auth__user_known, name);
 }
 
+struct auth_rereading {
+    struct auth *a;
+    char guid[AUTH_GUID_LEN + 1];
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__reread(void *ctx, int rc, const char *json)
+{
+    struct auth_rereading *r = ctx;
+    struct auth *a = r->a;
+    const struct auth_user *u = auth_user_find(a, r->guid);
+    if (rc == -ENOENT) {
+        rc = u ? auth_reload(a) : 0; /* deleted through another skiffd */
+    } else if (rc < 0) {
+        rc = -EIO;
+    } else if (u) {
+        json_t *o = json_loads(json, 0, NULL);
+        const char *hash = json_string_value(json_object_get(o, "password_hash"));
+        bool same = hash && u->password_hash && !strcmp(hash, u->password_hash);
+        json_decref(o);
+        rc = same ? 0 : auth_reload(a); /* a new password, and the user's tokens ended */
+    }
+    r->done(r->ctx, rc);
+    free(r);
+}
+
+void auth_user_reread_async(struct auth *a, const char *guid, auth_done_fn *done, void *ctx)
+{
+    if (!a->shared || !auth_user_find(a, guid)) {
+        done(ctx, 0);
+        return;
+    }
+    struct auth_rereading *r = xcalloc(1, sizeof *r);
+    r->a = a;
+    AUTH_COPY(r->guid, guid);
+    r->done = done;
+    r->ctx = ctx;
+    if (store_doc_get_fresh_async(a->store, AUTH_DOC_USER, guid, auth__reread, r) < 0) {
+        free(r);
+        done(ctx, -EIO);
+    }
+}
+
 int auth_user_reread(struct auth *a, const char *guid)
 {
-    const struct auth_user *u = auth_user_find(a, guid);
-    if (!a->shared || !u)
-        return 0;
-    char *json = NULL;
-    int rc = store_doc_get_fresh(a->store, AUTH_DOC_USER, guid, &json);
-    if (rc == -ENOENT)
-        return auth_reload(a); /* deleted through another skiffd */
-    if (rc < 0)
-        return -EIO;
-    json_t *o = json_loads(json, 0, NULL);
-    free(json);
-    const char *hash = json_string_value(json_object_get(o, "password_hash"));
-    bool same = hash && u->password_hash && !strcmp(hash, u->password_hash);
-    json_decref(o);
-    return same ? 0 : auth_reload(a); /* a new password, and the user's tokens ended */
+    struct auth_waited w = {0};
+    auth_user_reread_async(a, guid, auth__waited, &w);
+    auth__wait_for(a, &w.done);
+    return w.rc;
 }
 
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out)

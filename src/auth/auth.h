@@ -250,6 +250,9 @@ uint64_t auth_catch_up_refused(const struct auth *a);
 /* Before a login: the user's record is read again (one read), and everything reloaded when its
  * password changed or it was deleted through another skiffd. 0, or -EIO. */
 int auth_user_reread(struct auth *a, const char *guid);
+/* The same with the read queued on the store's writer: done(ctx, rc) once made (during the
+ * call when there is nothing to read: not shared, or no such user here). */
+void auth_user_reread_async(struct auth *a, const char *guid, auth_done_fn *done, void *ctx);
 
 /* ---- passwords (any thread) ---------------------------------------------------------------- */
 
