@@ -762,10 +762,8 @@ static void svc__brokers_delete(struct api_request *req, void *ctx)
                           "the service broker %s still has %zu service instance(s): delete them "
                           "first",
                           svc__str(b, "name"), json_array_size(insts));
-    else if (services_delete(a->records, SERVICES_KIND_BROKER, svc__str(b, "guid")) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        svc__answer_stored(a, req, SERVICES_KIND_BROKER, NULL, svc__str(b, "guid"), 204, NULL);
     json_decref(insts);
     json_decref(b);
 }
@@ -997,10 +995,7 @@ static void svc__access_set(struct api_request *req, void *ctx)
         goto done;
     }
     svc__stamp(target, false);
-    if (services_put(a->records, SERVICES_KIND_BROKER, target) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-    else
-        api_respond(req, 204, NULL, NULL, 0);
+    svc__answer_stored(a, req, SERVICES_KIND_BROKER, target, NULL, 204, NULL);
 done:
     json_decref(brokers);
     json_decref(body);

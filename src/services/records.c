@@ -85,20 +85,40 @@ bool services_name_valid(const char *name)
 
 /* ---- records ------------------------------------------------------------------------------ */
 
-int services_put(struct services *s, const char *kind, const json_t *rec)
+int services_put_async(struct services *s, const char *kind, const json_t *rec, store_done_fn *done,
+                       void *ctx)
 {
     const char *guid = json_string_value(json_object_get(rec, "guid"));
     if (!guid)
         return -EINVAL;
     char *text = json_dumps(rec, JSON_COMPACT);
-    int rc = store_doc_put(s->store, kind, guid, text);
+    int rc = store_doc_put_async(s->store, kind, guid, text, done, ctx);
     free(text);
     return rc;
 }
 
+int services_delete_async(struct services *s, const char *kind, const char *guid,
+                          store_done_fn *done, void *ctx)
+{
+    return store_doc_delete_async(s->store, kind, guid, done, ctx);
+}
+
+/* A write no one waits for: the store logged a refusal, and reads show the record as the
+ * server has it again. */
+static void services__unheard(void *ctx, int rc)
+{
+    (void)ctx;
+    (void)rc;
+}
+
+int services_put(struct services *s, const char *kind, const json_t *rec)
+{
+    return services_put_async(s, kind, rec, services__unheard, NULL);
+}
+
 int services_delete(struct services *s, const char *kind, const char *guid)
 {
-    return store_doc_delete(s->store, kind, guid);
+    return services_delete_async(s, kind, guid, services__unheard, NULL);
 }
 
 json_t *services_get(struct services *s, const char *kind, const char *guid)
