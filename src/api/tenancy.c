@@ -843,6 +843,81 @@ static void tenancy__orgs_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:o}", "orgs", c.list));
 }
 
+/* An org, a space or a quota whose claim and records are being written. */
+enum tenancy_made_kind { MADE_ORG, MADE_SPACE, MADE_QUOTA };
+
+struct tenancy_made {
+    struct api_tenancy *t;
+    struct api_request *req;
+    enum tenancy_made_kind kind;
+    int status;
+    char what[AUTH_NAME_MAX + 16];
+    char me[AUTH_GUID_LEN + 1];  /* the maker's user ("": the local admin): its roles in it */
+    char org[AUTH_GUID_LEN + 1]; /* a space's */
+};
+
+/* The made thing's answer, with its maker's roles given (as Cloud Foundry does: who makes an
+ * org manages it; who makes a space manages it and develops in it); NULL: gone meanwhile. */
+static json_t *tenancy__made_json(struct tenancy_made *m, const char *guid)
+{
+    struct auth *a = tenancy__auth(m->t);
+    if (m->kind == MADE_QUOTA) {
+        const struct auth_quota *q = auth_quota_find(a, guid);
+        return q ? tenancy__quota_json(q) : NULL;
+    }
+    if (m->kind == MADE_ORG) {
+        const struct auth_org *o = auth_org_find(a, guid);
+        if (!o)
+            return NULL;
+        if (m->me[0])
+            auth_role_set(a, m->me, guid, NULL, AUTH_ROLE_ORG_MANAGER);
+        return tenancy__org_json(m->t, auth_org_find(a, guid));
+    }
+    const struct auth_space *s = auth_space_get(a, guid);
+    if (!s)
+        return NULL;
+    json_t *out = tenancy__space_json(m->t, s);
+    if (m->me[0]) {
+        auth_role_set(a, m->me, m->org, guid, AUTH_ROLE_SPACE_MANAGER);
+        auth_role_set(a, m->me, m->org, guid, AUTH_ROLE_SPACE_DEVELOPER);
+    }
+    return out;
+}
+
+static void tenancy__made(void *ctx, int rc, const char *guid)
+{
+    struct tenancy_made *m = ctx;
+    json_t *out = rc == 0 ? tenancy__made_json(m, guid) : NULL;
+    if (rc < 0 || !out)
+        tenancy__fail(m->req, rc < 0 ? rc : -ENOENT, m->what);
+    else
+        tenancy__answer_landed(m->t, m->req, m->status, out);
+    free(m);
+}
+
+static struct tenancy_made *tenancy__made_new(struct api_tenancy *t, struct api_request *req,
+                                              enum tenancy_made_kind kind, int status,
+                                              const char *what, const char *name)
+{
+    struct tenancy_made *m = xcalloc(1, sizeof *m);
+    m->t = t;
+    m->req = req;
+    m->kind = kind;
+    m->status = status;
+    snprintf(m->what, sizeof m->what, "%s \"%s\"", what, name ? name : "");
+    const struct auth_user *me = tenancy__me(t, req);
+    if (me)
+        snprintf(m->me, sizeof m->me, "%s", me->guid);
+    return m;
+}
+
+/* Answers a make that could not begin (rc < 0) and lets m go. */
+static void tenancy__made_refused(struct tenancy_made *m, int rc)
+{
+    tenancy__fail(m->req, rc, m->what);
+    free(m);
+}
+
 static void tenancy__orgs_create(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
@@ -855,21 +930,11 @@ static void tenancy__orgs_create(struct api_request *req, void *ctx)
         return;
     }
     const char *name = json_string_value(json_object_get(body, "name"));
-    const struct auth_org *o = NULL;
-    int rc = name ? auth_org_create(tenancy__auth(t), name, &o) : -EINVAL;
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "org \"%s\"", name ? name : "");
+    struct tenancy_made *m = tenancy__made_new(t, req, MADE_ORG, 201, "org", name);
+    int rc = name ? auth_org_create_async(tenancy__auth(t), name, tenancy__made, m) : -EINVAL;
     json_decref(body);
-    if (rc < 0) {
-        tenancy__fail(req, rc, what);
-        return;
-    }
-    json_t *out = tenancy__org_json(t, o);
-    const struct auth_user *me = tenancy__me(t, req);
-    if (me)
-        auth_role_set(tenancy__auth(t), me->guid, json_string_value(json_object_get(out, "guid")),
-                      NULL, AUTH_ROLE_ORG_MANAGER);
-    tenancy__answer_landed(t, req, 201, out);
+    if (rc < 0)
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__org_get(struct api_request *req, void *ctx)
@@ -989,28 +1054,13 @@ static void tenancy__spaces_create(struct api_request *req, void *ctx)
         return;
     }
     const char *name = json_string_value(json_object_get(body, "name"));
-    const struct auth_space *s = NULL;
-    int rc = name ? auth_space_create(tenancy__auth(t), api_request_org(req), name, &s) : -EINVAL;
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "space \"%s\"", name ? name : "");
+    struct tenancy_made *m = tenancy__made_new(t, req, MADE_SPACE, 201, "space", name);
+    snprintf(m->org, sizeof m->org, "%s", api_request_org(req));
+    int rc =
+        name ? auth_space_create_async(tenancy__auth(t), m->org, name, tenancy__made, m) : -EINVAL;
     json_decref(body);
-    if (rc < 0) {
-        tenancy__fail(req, rc, what);
-        return;
-    }
-    json_t *out = tenancy__space_json(t, s);
-    const struct auth_user *me = tenancy__me(t, req);
-    if (me) {
-        /* as Cloud Foundry does: who makes a space manages it and develops in it */
-        char guid[AUTH_GUID_LEN + 1], space[AUTH_GUID_LEN + 1];
-        snprintf(guid, sizeof guid, "%s", me->guid);
-        snprintf(space, sizeof space, "%s", json_string_value(json_object_get(out, "guid")));
-        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
-                      AUTH_ROLE_SPACE_MANAGER);
-        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
-                      AUTH_ROLE_SPACE_DEVELOPER);
-    }
-    tenancy__answer_landed(t, req, 201, out);
+    if (rc < 0)
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__space_delete(struct api_request *req, void *ctx)
@@ -1181,14 +1231,11 @@ static void tenancy__quota_put(struct api_request *req, void *ctx)
         }
     }
     json_decref(body);
-    const struct auth_quota *out = NULL;
-    int rc = auth_quota_put(tenancy__auth(t), &q, &out);
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "quota \"%s\"", q.name);
+    struct tenancy_made *m =
+        tenancy__made_new(t, req, MADE_QUOTA, create ? 201 : 200, "quota", q.name);
+    int rc = auth_quota_put_async(tenancy__auth(t), &q, tenancy__made, m);
     if (rc < 0)
-        tenancy__fail(req, rc, what);
-    else
-        tenancy__answer_landed(t, req, create ? 201 : 200, tenancy__quota_json(out));
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__quota_delete(struct api_request *req, void *ctx)

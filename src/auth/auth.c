@@ -425,67 +425,18 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
 
 int64_t auth_claim_grace_ms = 30 * 1000;
 
-/* Whether the claim (its document's text) is an orphan: older than auth_claim_grace_ms (a
- * claim from before claims carried their time counts as old) and naming a record that does
- * not exist (its skiffd died between the claim and the record's write, or between the record's
- * delete and the claim's). A claim whose record exists is never one. */
-static bool auth__claim_orphaned(struct auth *a, const char *field, const char *have)
-{
-    json_t *o = json_loads(have, 0, NULL);
-    const char *owner = json_string_value(json_object_get(o, field));
-    int64_t at = (int64_t)json_integer_value(json_object_get(o, "claimed_at"));
-    bool orphan = false;
-    if (owner && time_now_ms() - at >= auth_claim_grace_ms) {
-        char *record_kind = xasprintf("auth.%s", field), *record = NULL;
-        orphan = store_doc_get(a->store, record_kind, owner, &record) == -ENOENT;
-        free(record);
-        free(record_kind);
-    }
-    json_decref(o);
-    return orphan;
-}
-
 /* Claims a unique name (kind, id) for the record guid: a document {field: guid, claimed_at}
- * created only when absent (store_doc_create), so that of two skiffds making one name at the
- * same moment, on one PostgreSQL, one is told -EEXIST; the check against this copy in memory
- * comes first and answers most. A claim the record already holds (a fixed guid made again) is
- * fine. An orphaned claim (auth__claim_orphaned) is taken over by replacing exactly the body
- * read (store_doc_replace), so of two skiffds taking it over at once one wins. */
-static int auth__claim(struct auth *a, const char *kind, const char *id, const char *field,
-                       const char *guid)
-{
-    json_t *doc = json_pack("{s:s, s:I}", field, guid, "claimed_at", (json_int_t)time_now_ms());
-    char *text = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
-    if (!text)
-        return -ENOMEM;
-    int rc = store_doc_create(a->store, kind, id, text);
-    if (rc == -EEXIST) {
-        char *have = NULL;
-        if (store_doc_get(a->store, kind, id, &have) == 0) {
-            json_t *o = json_loads(have, 0, NULL);
-            const char *owner = json_string_value(json_object_get(o, field));
-            if (owner && !strcmp(owner, guid)) {
-                rc = 0;
-            } else if (auth__claim_orphaned(a, field, have) &&
-                       store_doc_replace(a->store, kind, id, have, text) == 0) {
-                log_warning("the name %s (%s) was claimed by a record that was never written"
-                            " or is gone: taken over",
-                            id, kind);
-                rc = 0;
-            }
-            json_decref(o);
-            free(have);
-        }
-    }
-    free(text);
-    return rc == 0 || rc == -EEXIST ? rc : -EIO;
-}
-
-/* auth__claim with its reads and writes queued on the store's writer: then(a, rc, arg) with 0
- * (claimed), -EEXIST (another record's) or -EIO, from store_async_reap (during the call on
- * SQLite). The same steps: a create, and after -EEXIST a fresh read of the claim, of its
- * record when the claim is old enough, and a replace of exactly the claim read. */
+ * created only when absent (store_doc_create_async), so that of two skiffds making one name
+ * at the same moment, on one PostgreSQL, one is told -EEXIST; the check against this copy in
+ * memory comes first and answers most. A claim the record already holds (a fixed guid made
+ * again) is fine. An orphaned claim (older than auth_claim_grace_ms, a claim without a time
+ * counting as old, and naming a record that does not exist: its skiffd died between the
+ * claim and the record's write, or between the record's delete and the claim's) is taken
+ * over by replacing exactly the body read (store_doc_replace_async), so of two skiffds
+ * taking it over at once one wins; a claim whose record exists never is. Every step is
+ * queued on the store's writer, in turn: the create, and after -EEXIST a fresh read of the
+ * claim, then of its record, then the replace. then(a, rc, arg) hears 0 (claimed), -EEXIST
+ * or -EIO, from store_async_reap (during the call on SQLite). */
 struct auth_claim {
     struct auth *a;
     char *kind, *id, *field, *text, *have;
@@ -964,6 +915,10 @@ struct auth_make {
     int role;
     int64_t expires_at;
     char *text; /* the caller's buffer, AUTH_TOKEN_TEXT_MAX */
+    struct auth_org org;
+    struct auth_space space;
+    struct auth_quota quota;          /* as it will be */
+    char old_name[AUTH_NAME_MAX + 1]; /* a quota renamed: the name it lets go */
 };
 
 static void auth__make_free(struct auth_make *m)
@@ -976,7 +931,7 @@ static void auth__make_free(struct auth_make *m)
 
 static void auth__make_end(struct auth *a, struct auth_make *m, int rc)
 {
-    if (rc < 0 && rc != -EEXIST && a) /* the name goes with the record that was not made */
+    if (rc < 0 && rc != -EEXIST && a && m->claim_kind) /* the name goes with the record */
         store_doc_delete_async(a->store, m->claim_kind, m->claim_id, NULL, NULL);
     m->done(m->ctx, rc, rc == 0 ? m->guid : NULL);
     auth__make_free(m);
@@ -1003,6 +958,10 @@ static void auth__make_claimed(struct auth *a, int rc, void *arg)
 static int auth__make(struct auth *a, struct auth_make *m, const char *kind, const char *id,
                       const char *field)
 {
+    if (!kind) { /* no name to claim */
+        auth__make_claimed(a, 0, m);
+        return 0;
+    }
     m->claim_kind = xstrdup(kind);
     m->claim_id = xstrdup(id);
     int rc = auth__claim_async(a, kind, id, field, m->guid, auth__make_claimed, m);
@@ -1159,33 +1118,61 @@ static int auth__cmp_space(const void *x, const void *y)
     return c ? c : strcmp(s->name, t->name);
 }
 
-static int auth__org_add(struct auth *a, const char *guid, const char *name,
-                         const struct auth_org **out)
+static int auth__org_apply(struct auth *a, struct auth_make *m)
+{
+    if (auth_org_find(a, m->org.name)) /* made here meanwhile */
+        return -EEXIST;
+    if (auth__org_save(a, &m->org) < 0)
+        return -EIO;
+    a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
+    a->orgs[a->n_orgs++] = m->org;
+    qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
+    return 0;
+}
+
+static int auth__org_add_async(struct auth *a, const char *guid, const char *name,
+                               auth_made_fn *done, void *ctx)
 {
     if (!name_valid(name))
         return -EINVAL;
     if (auth_org_find(a, name))
         return -EEXIST;
-    struct auth_org o = {0};
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__org_apply;
+    m->done = done;
+    m->ctx = ctx;
     if (guid)
-        AUTH_COPY(o.guid, guid);
+        AUTH_COPY(m->guid, guid);
     else
-        uuid_generate_v4(o.guid);
-    AUTH_COPY(o.name, name);
-    o.created_at = time_now_ms();
-    int rc = auth__claim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
+        uuid_generate_v4(m->guid);
+    AUTH_COPY(m->org.guid, m->guid);
+    AUTH_COPY(m->org.name, name);
+    m->org.created_at = time_now_ms();
+    return auth__make(a, m, AUTH_DOC_ORG_NAME, name, "org");
+}
+
+int auth_org_create_async(struct auth *a, const char *name, auth_made_fn *done, void *ctx)
+{
+    return auth__org_add_async(a, NULL, name, done, ctx);
+}
+
+/* Waits for a make begun (rc from its call): its guid into w. */
+static int auth__made_waited(struct auth *a, int rc, struct auth_made_wait *w)
+{
     if (rc < 0)
         return rc;
-    if (auth__org_save(a, &o) < 0) {
-        auth__unclaim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
-        return -EIO;
-    }
-    a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
-    a->orgs[a->n_orgs++] = o;
-    qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
-    if (out)
-        *out = auth_org_find(a, o.guid);
-    return 0;
+    auth__wait_for(a, &w->done);
+    return w->rc;
+}
+
+static int auth__org_add(struct auth *a, const char *guid, const char *name,
+                         const struct auth_org **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(a, auth__org_add_async(a, guid, name, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_org_find(a, w.guid);
+    return rc;
 }
 
 int auth_org_create(struct auth *a, const char *name, const struct auth_org **out)
@@ -1193,8 +1180,23 @@ int auth_org_create(struct auth *a, const char *name, const struct auth_org **ou
     return auth__org_add(a, NULL, name, out);
 }
 
-static int auth__space_add(struct auth *a, const char *guid, const char *org_guid,
-                           const char *name, const struct auth_space **out)
+static int auth__space_apply(struct auth *a, struct auth_make *m)
+{
+    const struct auth_org *org = auth_org_find(a, m->space.org_guid);
+    if (!org || strcmp(org->guid, m->space.org_guid)) /* deleted meanwhile */
+        return -ENOENT;
+    if (auth_space_find(a, m->space.org_guid, m->space.name))
+        return -EEXIST;
+    if (auth__space_save(a, &m->space) < 0)
+        return -EIO;
+    a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
+    a->spaces[a->n_spaces++] = m->space;
+    qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
+    return 0;
+}
+
+static int auth__space_add_async(struct auth *a, const char *guid, const char *org_guid,
+                                 const char *name, auth_made_fn *done, void *ctx)
 {
     if (!name_valid(name))
         return -EINVAL;
@@ -1203,29 +1205,39 @@ static int auth__space_add(struct auth *a, const char *guid, const char *org_gui
         return -ENOENT;
     if (auth_space_find(a, org_guid, name))
         return -EEXIST;
-    struct auth_space s = {0};
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__space_apply;
+    m->done = done;
+    m->ctx = ctx;
     if (guid)
-        AUTH_COPY(s.guid, guid);
+        AUTH_COPY(m->guid, guid);
     else
-        uuid_generate_v4(s.guid);
-    AUTH_COPY(s.org_guid, org_guid);
-    AUTH_COPY(s.name, name);
-    s.created_at = time_now_ms();
+        uuid_generate_v4(m->guid);
+    AUTH_COPY(m->space.guid, m->guid);
+    AUTH_COPY(m->space.org_guid, org_guid);
+    AUTH_COPY(m->space.name, name);
+    m->space.created_at = time_now_ms();
     char *claim = auth__pair_id(org_guid, name);
-    int rc = auth__claim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
-    if (rc == 0 && auth__space_save(a, &s) < 0) {
-        auth__unclaim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
-        rc = -EIO;
-    }
+    int rc = auth__make(a, m, AUTH_DOC_SPACE_NAME, claim, "space");
     free(claim);
-    if (rc < 0)
-        return rc;
-    a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
-    a->spaces[a->n_spaces++] = s;
-    qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
-    if (out)
-        *out = auth_space_get(a, s.guid);
-    return 0;
+    return rc;
+}
+
+int auth_space_create_async(struct auth *a, const char *org_guid, const char *name,
+                            auth_made_fn *done, void *ctx)
+{
+    return auth__space_add_async(a, NULL, org_guid, name, done, ctx);
+}
+
+static int auth__space_add(struct auth *a, const char *guid, const char *org_guid, const char *name,
+                           const struct auth_space **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(
+        a, auth__space_add_async(a, guid, org_guid, name, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_space_get(a, w.guid);
+    return rc;
 }
 
 int auth_space_create(struct auth *a, const char *org_guid, const char *name,
@@ -1325,38 +1337,60 @@ const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_
     return NULL;
 }
 
-int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
+/* The plan by guid exactly (NULL: none). */
+static struct auth_quota *auth__quota_by_guid(struct auth *a, const char *guid)
 {
-    if (!name_valid(q->name))
-        return -EINVAL;
-    const struct auth_quota *named = auth_quota_find(a, q->name);
-    struct auth_quota *have = q->guid[0] ? (struct auth_quota *)auth_quota_find(a, q->guid) : NULL;
-    if (have && strcmp(have->guid, q->guid))
-        have = NULL;
-    if (named && named != have)
+    struct auth_quota *q = guid[0] ? (struct auth_quota *)auth_quota_find(a, guid) : NULL;
+    return q && !strcmp(q->guid, guid) ? q : NULL;
+}
+
+static int auth__quota_apply(struct auth *a, struct auth_make *m)
+{
+    struct auth_quota *have = auth__quota_by_guid(a, m->quota.guid);
+    const struct auth_quota *named = auth_quota_find(a, m->quota.name);
+    if (named && named != have) /* made here meanwhile */
         return -EEXIST;
-    struct auth_quota next = *q;
-    if (!have)
-        uuid_generate_v4(next.guid);
-    bool renamed = !have || strcmp(have->name, next.name);
-    int rc = renamed ? auth__claim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid) : 0;
-    if (rc < 0)
-        return rc;
-    if (auth__quota_save(a, &next) < 0) {
-        if (renamed)
-            auth__unclaim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid);
+    if (auth__quota_save(a, &m->quota) < 0)
         return -EIO;
-    }
-    if (have && renamed)
-        auth__unclaim(a, AUTH_DOC_QUOTA_NAME, have->name, "quota", have->guid);
+    if (m->old_name[0])
+        auth__unclaim(a, AUTH_DOC_QUOTA_NAME, m->old_name, "quota", m->quota.guid);
     if (!have) {
         a->quotas = xrealloc(a->quotas, (a->n_quotas + 1) * sizeof *a->quotas);
         have = &a->quotas[a->n_quotas++];
     }
-    *have = next;
-    if (out)
-        *out = have;
+    *have = m->quota;
     return 0;
+}
+
+int auth_quota_put_async(struct auth *a, const struct auth_quota *q, auth_made_fn *done, void *ctx)
+{
+    if (!name_valid(q->name))
+        return -EINVAL;
+    const struct auth_quota *named = auth_quota_find(a, q->name);
+    struct auth_quota *have = auth__quota_by_guid(a, q->guid);
+    if (named && named != have)
+        return -EEXIST;
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__quota_apply;
+    m->done = done;
+    m->ctx = ctx;
+    m->quota = *q;
+    if (!have)
+        uuid_generate_v4(m->quota.guid);
+    AUTH_COPY(m->guid, m->quota.guid);
+    bool renamed = !have || strcmp(have->name, q->name);
+    if (have && renamed)
+        AUTH_COPY(m->old_name, have->name);
+    return auth__make(a, m, renamed ? AUTH_DOC_QUOTA_NAME : NULL, q->name, "quota");
+}
+
+int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(a, auth_quota_put_async(a, q, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_quota_find(a, w.guid);
+    return rc;
 }
 
 int auth_quota_delete(struct auth *a, const char *guid)

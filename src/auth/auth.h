@@ -291,6 +291,11 @@ const struct auth_space *auth_space_get(const struct auth *a, const char *guid);
 /* "ORG/SPACE" or a space guid. */
 const struct auth_space *auth_space_resolve(const struct auth *a, const char *ref);
 int auth_org_create(struct auth *a, const char *name, const struct auth_org **out);
+/* auth_org_create and auth_space_create with their claims and writes queued (above,
+ * "writes"): done gets the guid (auth_org_find, auth_space_get). */
+int auth_org_create_async(struct auth *a, const char *name, auth_made_fn *done, void *ctx);
+int auth_space_create_async(struct auth *a, const char *org_guid, const char *name,
+                            auth_made_fn *done, void *ctx);
 /* The caller has checked that no app lives in it; its spaces and roles go too. */
 int auth_org_delete(struct auth *a, const char *guid);
 int auth_space_create(struct auth *a, const char *org_guid, const char *name,
@@ -307,6 +312,8 @@ void auth_space_each(const struct auth *a, const char *org_guid,
 const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_or_guid);
 /* Creates (q->guid "" or unknown) or replaces a plan by guid; -EEXIST a name taken. */
 int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out);
+/* The same with its claim (a new name) and writes queued: done gets the guid. */
+int auth_quota_put_async(struct auth *a, const struct auth_quota *q, auth_made_fn *done, void *ctx);
 /* Also takes it from every org and space that had it. */
 int auth_quota_delete(struct auth *a, const char *guid);
 void auth_quota_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_quota *q),
