@@ -2203,14 +2203,72 @@ int auth_user_reread(struct auth *a, const char *guid)
     return w.rc;
 }
 
+static bool auth__bearer(const char *token)
+{
+    return token && (!strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) ||
+                     !strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7));
+}
+
+static int auth__principal(struct auth *a, const struct auth_token_row *t,
+                           struct auth_principal *out);
+
+int auth_authenticate_cached(struct auth *a, const char *token, struct auth_principal *out)
+{
+    if (!auth__bearer(token))
+        return -ENOENT;
+    return auth__principal(a, auth__token_by_text(a, token), out);
+}
+
+/* A bearer token's keyed read for a miss: the caller's done, called with the token's answer
+ * once it is made. */
+struct auth_looking {
+    char *token;
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__looked(struct auth *a, bool found, void *arg)
+{
+    (void)a;
+    struct auth_looking *l = arg;
+    l->done(l->ctx, found ? 0 : -ENOENT);
+    sodium_memzero(l->token, strlen(l->token));
+    free(l->token);
+    free(l);
+}
+
+int auth_authenticate_lookup_async(struct auth *a, const char *token, auth_done_fn *done, void *ctx)
+{
+    if (!auth__bearer(token))
+        return -ENOENT;
+    struct auth_looking *l = xcalloc(1, sizeof *l);
+    l->token = xstrdup(token);
+    l->done = done;
+    l->ctx = ctx;
+    int rc = auth__catch_up_token_async(a, token, auth__looked, l);
+    if (rc != 0) {
+        sodium_memzero(l->token, strlen(l->token));
+        free(l->token);
+        free(l);
+    }
+    return rc;
+}
+
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out)
 {
-    if (!token || (strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) &&
-                   strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7)))
+    if (!auth__bearer(token))
         return -ENOENT;
     const struct auth_token_row *t = auth__token_by_text(a, token);
     if (!t && auth__catch_up_token(a, token))
         t = auth__token_by_text(a, token);
+    return auth__principal(a, t, out);
+}
+
+/* The principal of a bearer token's row (NULL: unknown): -ENOENT for a refresh token, an
+ * expired one, or one whose user is gone. */
+static int auth__principal(struct auth *a, const struct auth_token_row *t,
+                           struct auth_principal *out)
+{
     if (!t || t->info.kind == AUTH_TOKEN_REFRESH ||
         (t->info.expires_at && t->info.expires_at <= time_now_ms()))
         return -ENOENT;

@@ -388,6 +388,15 @@ void auth_token_each(const struct auth *a, const char *user_guid,
 /* A bearer token of a user (access or API token) → principal. -ENOENT for anything else
  * (unknown, ended, expired, a refresh token, its user gone). */
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out);
+/* The same from this copy alone, never reading the store (a miss is -ENOENT). */
+int auth_authenticate_cached(struct auth *a, const char *token, struct auth_principal *out);
+/* After a miss of auth_authenticate_cached on a shared store: the keyed read for the token
+ * (auth_authenticate's catch-up) queued on the store's writer. 0: queued, done(ctx, rc) once
+ * it is made (0: the store held it and this copy was read again: authenticate again;
+ * -ENOENT); 1: known now (news of auth's documents read the copy again: authenticate again);
+ * -ENOENT: nothing to read (not shared, not a bearer token, or past the 50 reads a second). */
+int auth_authenticate_lookup_async(struct auth *a, const char *token, auth_done_fn *done,
+                                   void *ctx);
 
 /* ---- decisions ----------------------------------------------------------------------------- */
 
