@@ -405,6 +405,25 @@ static bool tenancy__job_start(struct api_tenancy *t, struct api_request *req,
 
 /* ---- logging in ---------------------------------------------------------------------------- */
 
+static void tenancy__login_reread(void *ctx, int rc);
+
+/* The login's user known (or not) by its name: its record read again, then its password
+ * checked. */
+static void tenancy__login_named(void *ctx, int rc)
+{
+    (void)rc; /* the copy decides */
+    struct tenancy_job *j = ctx;
+    const struct auth_user *u = j->name[0] ? auth_user_find(tenancy__auth(j->t), j->name) : NULL;
+    if (!u || strcmp(u->name, j->name)) { /* by name only: a guid is no user name */
+        tenancy__job_start(j->t, j->req, j);
+        return;
+    }
+    /* its password may have changed through another skiffd on a shared store: its record is
+     * read again (queued, off the loop), then the password checked */
+    snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
+    auth_user_reread_async(tenancy__auth(j->t), j->user_guid, tenancy__login_reread, j);
+}
+
 /* The user's record read again before a login: its password checked against it. */
 static void tenancy__login_reread(void *ctx, int rc)
 {
@@ -464,17 +483,17 @@ static void tenancy__token(struct api_request *req, void *ctx)
     j->t = t;
     j->req = req;
     j->password = xstrndup(password, strnlen(password, AUTH_PASSWORD_MAX + 1));
-    const struct auth_user *u = tenancy__user_named(t, name);
-    bool by_name = u && !strcmp(u->name, name); /* a guid is no user name */
+    if (strlen(name) < sizeof j->name) /* a longer one is no user's name */
+        snprintf(j->name, sizeof j->name, "%s", name);
     json_decref(body);
-    if (!by_name) {
-        tenancy__job_start(t, req, j);
-        return;
-    }
-    /* its password may have changed through another skiffd on a shared store: its record is
-     * read again (queued, off the loop), then the password checked */
-    snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
-    auth_user_reread_async(tenancy__auth(t), j->user_guid, tenancy__login_reread, j);
+    /* a user made through another skiffd a moment ago: its name looked for in the store
+     * (queued, off the loop) */
+    int looking =
+        auth_user_find(tenancy__auth(t), j->name)
+            ? -ENOENT
+            : auth_catch_up_user_async(tenancy__auth(t), j->name, tenancy__login_named, j);
+    if (looking != 0)
+        tenancy__login_named(j, 0);
 }
 
 static void tenancy__logout(struct api_request *req, void *ctx)

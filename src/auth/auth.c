@@ -2145,6 +2145,34 @@ static int auth__catch_up_token_async(struct auth *a, const char *text,
     return auth__catch_up_async(a, AUTH_DOC_TOKEN_HASH, hex, auth__token_known, text, then, arg);
 }
 
+/* A user name's keyed read: the caller's done, once it is made. */
+struct auth_user_looking {
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__user_looked(struct auth *a, bool found, void *arg)
+{
+    (void)a;
+    struct auth_user_looking *l = arg;
+    l->done(l->ctx, found ? 0 : -ENOENT);
+    free(l);
+}
+
+int auth_catch_up_user_async(struct auth *a, const char *name, auth_done_fn *done, void *ctx)
+{
+    if (!auth_user_name_valid(name))
+        return -ENOENT;
+    struct auth_user_looking *l = xcalloc(1, sizeof *l);
+    l->done = done;
+    l->ctx = ctx;
+    int rc = auth__catch_up_async(a, AUTH_DOC_USER_NAME, name, auth__user_known, name,
+                                  auth__user_looked, l);
+    if (rc != 0)
+        free(l);
+    return rc;
+}
+
 bool auth_catch_up_user(struct auth *a, const char *name)
 {
     return auth_user_name_valid(name) &&

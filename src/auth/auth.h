@@ -238,6 +238,10 @@ void auth_set_shared(struct auth *a, bool shared);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */
 bool auth_catch_up_user(struct auth *a, const char *name);
+/* The same with the read queued on the store's writer: 0 queued (done(ctx, 0) once this copy
+ * was read again and may hold the user, -ENOENT not there), 1 known now (look again),
+ * -ENOENT nothing to read (not shared, a name against the rules, past the rate). */
+int auth_catch_up_user_async(struct auth *a, const char *name, auth_done_fn *done, void *ctx);
 /* Before a request is refused (403, or 404 for an org or space this copy does not hold) on a
  * shared store: whether users, roles, orgs, spaces or quotas changed through another skiffd
  * since this copy was read, which the change feed may not have told yet (a few ms). The
