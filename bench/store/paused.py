@@ -6,11 +6,14 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
     SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    AUTH_LABEL_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
 the server stops (an app write): the line then also gives when that PATCH was answered. With
 MAP_DELETE_WHILE_PAUSED=1, likewise a route's map (POST /v1/routes) and another app's
-deletion (DELETE /v1/apps/NAME), each from a thread of its own.
+deletion (DELETE /v1/apps/NAME), each from a thread of its own. With AUTH_LABEL_WHILE_PAUSED=1,
+likewise a login (POST /v1/auth/token, a password grant of a user made before), a token
+refresh, a role given (PUT .../roles/SpaceAuditor) and a label set (PATCH .../metadata).
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -30,6 +33,8 @@ IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
 SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
 MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
+AUTH_LABEL = os.environ.get("AUTH_LABEL_WHILE_PAUSED", "0") == "1"
+PASSWORD = "correct horse battery"
 
 
 def signal_all(pids, sig):
@@ -65,6 +70,16 @@ def main():
             for name in ("bench-app", "bench-doomed") if MAP_DELETE else ("bench-app",):
                 status, body = p.api("POST", "/v1/apps", {"name": name})
                 assert status == 201, body
+            if AUTH_LABEL:
+                status, body = p.api("POST", "/v1/users", {"name": "bench-dev",
+                                                           "password": PASSWORD})
+                assert status == 201, body
+                status, first = p.api("POST", "/v1/auth/token", {
+                    "grant_type": "password", "username": "bench-dev", "password": PASSWORD},
+                    token=False)
+                assert status == 200, first
+                status, body = p.api("GET", "/v1/apps/bench-app/metadata")
+                assert status == 200, body
             log = os.path.join(d, "server.log")
             start = os.path.getsize(log)
             time.sleep(IDLE_S)
@@ -86,6 +101,17 @@ def main():
                 writes["the map of a route"] = lambda: p.api(
                     "POST", "/v1/routes", {"app": "bench-app", "host": "bench-extra.localhost"})
                 writes["the app's deletion"] = lambda: p.api("DELETE", "/v1/apps/bench-doomed")
+            if AUTH_LABEL:
+                writes["the login"] = lambda: p.api("POST", "/v1/auth/token", {
+                    "grant_type": "password", "username": "bench-dev", "password": PASSWORD},
+                    token=False)
+                writes["the refresh"] = lambda: p.api("POST", "/v1/auth/token", {
+                    "grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+                    token=False)
+                writes["the role"] = lambda: p.api(
+                    "PUT", "/v1/orgs/default/spaces/dev/users/bench-dev/roles/SpaceAuditor")
+                writes["the label"] = lambda: p.api(
+                    "PATCH", "/v1/apps/bench-app/metadata", {"labels": {"tier": "paused"}})
             took = {}
 
             def send(what, call):
