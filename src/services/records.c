@@ -103,6 +103,35 @@ int services_delete_async(struct services *s, const char *kind, const char *guid
     return store_doc_delete_async(s->store, kind, guid, done, ctx);
 }
 
+struct services_reading {
+    services_rec_fn *done;
+    void *ctx;
+};
+
+static void services__read(void *ctx, int rc, const char *json)
+{
+    struct services_reading *r = ctx;
+    json_t *rec = rc == 0 ? json_loads(json, 0, NULL) : NULL;
+    if (rec && !json_is_object(rec)) {
+        json_decref(rec);
+        rec = NULL;
+    }
+    r->done(r->ctx, rec);
+    free(r);
+}
+
+int services_get_stored_async(struct services *s, const char *kind, const char *guid,
+                              services_rec_fn *done, void *ctx)
+{
+    struct services_reading *r = xcalloc(1, sizeof *r);
+    r->done = done;
+    r->ctx = ctx;
+    int rc = store_doc_get_fresh_async(s->store, kind, guid, services__read, r);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
 /* A write no one waits for: the store logged a refusal, and reads show the record as the
  * server has it again. */
 static void services__unheard(void *ctx, int rc)

@@ -70,6 +70,12 @@ int services_delete_async(struct services *s, const char *kind, const char *guid
  * refusal is logged by the store. */
 int services_put(struct services *s, const char *kind, const json_t *rec);
 int services_delete(struct services *s, const char *kind, const char *guid);
+/* The record of that guid as the store holds it once the writes queued before this call are
+ * made (store_doc_get_fresh_async): done(ctx, rec) with the record (the callback's) or NULL
+ * (absent, or the store failed). A call that returns an error never calls done. */
+typedef void services_rec_fn(void *ctx, json_t *rec);
+int services_get_stored_async(struct services *s, const char *kind, const char *guid,
+                              services_rec_fn *done, void *ctx);
 /* The record of that guid, or NULL (absent or the store failed). */
 json_t *services_get(struct services *s, const char *kind, const char *guid);
 /* Every record of kind whose field equals value (field NULL: all), in creation order;
