@@ -545,18 +545,51 @@ static int auth__claim_async(struct auth *a, const char *kind, const char *id, c
 
 /* Lets a name go, only while guid holds it: a copy that is behind (another skiffd made the
  * name again since) must not free the new owner's claim. */
+struct auth_unclaim {
+    struct store *store;
+    struct auth_batch *b;
+    char *kind, *id, *field;
+    char guid[AUTH_GUID_LEN + 1];
+};
+
+static void auth__unclaim_read(void *ctx, int rc, const char *have)
+{
+    struct auth_unclaim *u = ctx;
+    json_t *o = rc == 0 ? json_loads(have, 0, NULL) : NULL;
+    const char *owner = json_string_value(json_object_get(o, u->field));
+    if (owner && !strcmp(owner, u->guid)) {
+        u->b->pending++;
+        if (store_doc_delete_async(u->store, u->kind, u->id, auth__delete_landed, u->b) < 0)
+            u->b->pending--;
+    }
+    json_decref(o);
+    auth__batch_note(u->b, rc == -ENOENT ? 0 : rc); /* the read's */
+    free(u->kind);
+    free(u->id);
+    free(u->field);
+    free(u);
+}
+
+/* The read and the delete are queued, in the open batch: the change is landed once both are
+ * made. */
 static void auth__unclaim(struct auth *a, const char *kind, const char *id, const char *field,
                           const char *guid)
 {
-    char *have = NULL;
-    if (store_doc_get(a->store, kind, id, &have) < 0)
-        return;
-    json_t *o = json_loads(have, 0, NULL);
-    const char *owner = json_string_value(json_object_get(o, field));
-    if (owner && !strcmp(owner, guid))
-        store_doc_delete(a->store, kind, id);
-    json_decref(o);
-    free(have);
+    struct auth_unclaim *u = xcalloc(1, sizeof *u);
+    u->store = a->store;
+    u->b = auth__batch(a);
+    u->kind = xstrdup(kind);
+    u->id = xstrdup(id);
+    u->field = xstrdup(field);
+    AUTH_COPY(u->guid, guid);
+    u->b->pending++;
+    if (store_doc_get_fresh_async(a->store, kind, id, auth__unclaim_read, u) < 0) {
+        u->b->pending--;
+        free(u->kind);
+        free(u->id);
+        free(u->field);
+        free(u);
+    }
 }
 
 /* "A/B": a claim of a name unique within A (a space in its org, a token of its user). */

@@ -729,6 +729,29 @@ static void test_a_change_is_landed_only_once_its_writes_are_made(void **state)
     two_close(&t);
 }
 
+/* A name's claim goes with its record, through the queue: a user deleted through a (its
+ * claim's read and delete queued, landed with the deletion) may be made again at once
+ * through b, and a made through b is refused through a. */
+static void test_a_deleted_users_name_is_free_again_once_landed(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(t.a, "again", hash, false, &u), 0);
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", u->guid);
+    assert_int_equal(auth_user_delete(t.a, guid), 0);
+    assert_int_equal(auth_wait(t.a), 0);
+    char *claim = NULL;
+    assert_int_equal(store_doc_get_fresh(t.s2, "auth.user.name", "again", &claim), -ENOENT);
+    assert_int_equal(auth_user_create(t.b, "again", hash, false, NULL), 0);
+    assert_int_equal(auth_user_create(t.a, "again", hash, false, NULL), -EEXIST);
+    two_close(&t);
+}
+
 static void test_role_names_round_trip(void **state)
 {
     (void)state;
@@ -791,6 +814,7 @@ int main(void)
         cmocka_unit_test(test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of),
         cmocka_unit_test(test_a_refresh_token_is_good_once_across_two_stores),
         cmocka_unit_test(test_a_change_is_landed_only_once_its_writes_are_made),
+        cmocka_unit_test(test_a_deleted_users_name_is_free_again_once_landed),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("auth on PostgreSQL", pg_tests, pg_throwaway_start,
