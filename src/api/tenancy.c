@@ -1144,13 +1144,50 @@ static void tenancy__space_users(struct api_request *req, void *ctx)
 }
 
 /* PUT or DELETE .../users/USER/roles/ROLE; user and role are the last two path parameters. */
+/* A role's change whose user this copy lacks: looked for in the store first (queued). */
+struct tenancy_role_change {
+    struct api_tenancy *t;
+    struct api_request *req;
+    char space[AUTH_GUID_LEN + 1]; /* "": an org role */
+    unsigned first;
+};
+
+static void tenancy__role_change_known(struct api_request *req, struct api_tenancy *t,
+                                       const char *space_guid, unsigned first);
+
+static void tenancy__role_user_looked(void *ctx, int rc)
+{
+    (void)rc; /* the copy decides */
+    struct tenancy_role_change *c = ctx;
+    tenancy__role_change_known(c->req, c->t, c->space[0] ? c->space : NULL, c->first);
+    free(c);
+}
+
 static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
                                  const char *space_guid, unsigned first)
+{
+    const char *user_name = api_request_param(req, first);
+    if (!auth_user_find(tenancy__auth(t), user_name)) {
+        struct tenancy_role_change *c = xcalloc(1, sizeof *c);
+        c->t = t;
+        c->req = req;
+        snprintf(c->space, sizeof c->space, "%s", space_guid ? space_guid : "");
+        c->first = first;
+        if (auth_catch_up_user_async(tenancy__auth(t), user_name, tenancy__role_user_looked, c) ==
+            0)
+            return; /* goes on once the store answers */
+        free(c);
+    }
+    tenancy__role_change_known(req, t, space_guid, first);
+}
+
+static void tenancy__role_change_known(struct api_request *req, struct api_tenancy *t,
+                                       const char *space_guid, unsigned first)
 {
     struct auth *a = tenancy__auth(t);
     const char *user_name = api_request_param(req, first);
     const char *role_name = api_request_param(req, first + 1);
-    const struct auth_user *u = tenancy__user_named(t, user_name);
+    const struct auth_user *u = auth_user_find(a, user_name);
     int role = auth_role_parse(role_name);
     if (!u) {
         api_respond_error(req, SKIFF_E_NOT_FOUND, "no user \"%s\"", user_name);
