@@ -7,6 +7,7 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
     SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     DOMAINS_MAPPINGS_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    AUTH_LABEL_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
 the server stops (an app write): the line then also gives when that PATCH was answered. With
@@ -14,7 +15,9 @@ MAP_DELETE_WHILE_PAUSED=1, likewise a route's map (POST /v1/routes) and another 
 deletion (DELETE /v1/apps/NAME), each from a thread of its own. With
 DOMAINS_MAPPINGS_WHILE_PAUSED=1, a domain's create (POST /v1/domains), an event mapping's
 create (POST /v1/event-mappings) and another's delete, and the audit list
-(GET /v1/admin/audit_events).
+(GET /v1/admin/audit_events). With AUTH_LABEL_WHILE_PAUSED=1,
+likewise a login (POST /v1/auth/token, a password grant of a user made before), a token
+refresh, a role given (PUT .../roles/SpaceAuditor) and a label set (PATCH .../metadata).
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -35,6 +38,8 @@ EXIT_S = float(os.environ.get("EXIT_S", "30"))
 SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
 MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
 DOMAINS_MAPPINGS = os.environ.get("DOMAINS_MAPPINGS_WHILE_PAUSED", "0") == "1"
+AUTH_LABEL = os.environ.get("AUTH_LABEL_WHILE_PAUSED", "0") == "1"
+PASSWORD = "correct horse battery"
 
 
 def signal_all(pids, sig):
@@ -74,6 +79,16 @@ def main():
                 status, unmapped = p.api("POST", "/v1/event-mappings",
                                          {"app": "bench-app", "topic": "bench-old"})
                 assert status == 201, unmapped
+            if AUTH_LABEL:
+                status, body = p.api("POST", "/v1/users", {"name": "bench-dev",
+                                                           "password": PASSWORD})
+                assert status == 201, body
+                status, first = p.api("POST", "/v1/auth/token", {
+                    "grant_type": "password", "username": "bench-dev", "password": PASSWORD},
+                    token=False)
+                assert status == 200, first
+                status, body = p.api("GET", "/v1/apps/bench-app/metadata")
+                assert status == 200, body
             log = os.path.join(d, "server.log")
             start = os.path.getsize(log)
             time.sleep(IDLE_S)
@@ -103,6 +118,17 @@ def main():
                 writes["the mapping's delete"] = lambda: p.api(
                     "DELETE", f"/v1/event-mappings/{unmapped['id']}")
                 writes["the audit list"] = lambda: p.api("GET", "/v1/admin/audit_events")
+            if AUTH_LABEL:
+                writes["the login"] = lambda: p.api("POST", "/v1/auth/token", {
+                    "grant_type": "password", "username": "bench-dev", "password": PASSWORD},
+                    token=False)
+                writes["the refresh"] = lambda: p.api("POST", "/v1/auth/token", {
+                    "grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+                    token=False)
+                writes["the role"] = lambda: p.api(
+                    "PUT", "/v1/orgs/default/spaces/dev/users/bench-dev/roles/SpaceAuditor")
+                writes["the label"] = lambda: p.api(
+                    "PATCH", "/v1/apps/bench-app/metadata", {"labels": {"tier": "paused"}})
             took = {}
 
             def send(what, call):

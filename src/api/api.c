@@ -91,6 +91,18 @@ struct api_request {
     char space_guid[AUTH_GUID_LEN + 1]; /* "" unless the route is in a space */
     char **scratch; /* strings handed out by accessors, freed with the request */
     size_t nscratch;
+    struct api_auth_wait *auth_wait; /* its bearer token looked for in the store */
+};
+
+/* A request whose bearer token this controller's copy lacks (made through another one a
+ * moment ago): the keyed read for it is queued on the store's writer, and the request is
+ * authorised and run once both that read is made and its body is read (on_request). */
+struct api_auth_wait {
+    struct api_request *req; /* NULL once the request is gone */
+    char *token;
+    int rc;
+    bool looked;    /* the read is made: rc */
+    bool body_read; /* on_request ran */
 };
 
 static void api__on_head(struct http_request *hreq, void *ctx);
@@ -431,9 +443,16 @@ void api_instance_token(struct api *api, const char *app_guid, const char *insta
     sodium_memzero(mac, sizeof mac);
 }
 
+static void api__token_looked(void *ctx, int rc);
+
+#define API_TOKEN_INVALID                                                                          \
+    "the bearer token is not valid (unknown, ended or expired): log in again with `skiff "         \
+    "login`"
+
 /* Fills req->principal from the bearer token: 0, or -1 missing, -2 not valid (unknown,
  * ended, expired), -3 an instance token that was good but is no longer (its instance
- * stopped, its app was stopped or deleted). */
+ * stopped, its app was stopped or deleted), -4 a user's token this copy lacks, looked for
+ * in the store (req->auth_wait; decided once the read is made). */
 static int api__authenticate(struct api *api, struct api_request *req)
 {
     struct auth_principal *p = &req->principal;
@@ -497,9 +516,22 @@ static int api__authenticate(struct api *api, struct api_request *req)
         p->kind = AUTH_INSTANCE;
         return 0;
     }
-    if (api->auth && auth_authenticate(api->auth, token, p) == 0)
+    if (!api->auth)
+        return -2;
+    if (auth_authenticate_cached(api->auth, token, p) == 0)
         return 0;
-    return -2;
+    struct api_auth_wait *w = xcalloc(1, sizeof *w);
+    w->req = req;
+    w->token = xstrdup(token);
+    int rc = auth_authenticate_lookup_async(api->auth, token, api__token_looked, w);
+    if (rc != 0) { /* known now (1), or nothing to look for */
+        sodium_memzero(w->token, strlen(w->token));
+        free(w->token);
+        free(w);
+        return rc == 1 && auth_authenticate_cached(api->auth, token, p) == 0 ? 0 : -2;
+    }
+    req->auth_wait = w;
+    return -4;
 }
 
 static bool api__looks_like_guid(const char *s)
@@ -682,6 +714,16 @@ static void api__audit(struct api *api, struct api_request *req)
 static void api__on_free(struct http_request *hreq, void *ctx)
 {
     struct api_request *req = (struct api_request *)hreq;
+    if (req->auth_wait) {
+        struct api_auth_wait *w = req->auth_wait;
+        if (w->looked) {
+            sodium_memzero(w->token, strlen(w->token));
+            free(w->token);
+            free(w);
+        } else {
+            w->req = NULL; /* its read's callback lets it go */
+        }
+    }
     if (hreq->state == HTTP_REQ_DONE)
         api__audit(ctx, req);
     for (size_t i = 0; i < req->nscratch; i++)
@@ -956,15 +998,21 @@ static void api__on_head(struct http_request *hreq, void *ctx)
     }
     if (perm != AUTH_PERM_PUBLIC) {
         int who = api__authenticate(api, req);
+        if (who == -4) {
+            /* undecided until the store answers: a small body at most meanwhile */
+            hreq->body_to_file = req->route->flags & API_BODY_FILE;
+            hreq->body_limit = API_SMALL_BODY_MAX;
+            hreq->too_large_hint = ": this controller does not know the bearer token yet (made "
+                                   "through another controller a moment ago): send it again";
+            return;
+        }
         if (who == -1)
             http_request_refuse(
                 hreq, SKIFF_E_UNAUTHORIZED,
                 "missing bearer token: send \"Authorization: Bearer TOKEN\" (`skiff "
                 "login` gets one; a local skiffd's admin token is in $SKIFF_HOME/api.json)");
         else if (who == -2)
-            http_request_refuse(hreq, SKIFF_E_UNAUTHORIZED,
-                                "the bearer token is not valid (unknown, ended or expired): log "
-                                "in again with `skiff login`");
+            http_request_refuse(hreq, SKIFF_E_UNAUTHORIZED, API_TOKEN_INVALID);
         else if (who == -3)
             http_request_refuse(
                 hreq, SKIFF_E_UNAUTHORIZED,
@@ -998,9 +1046,52 @@ static void api__on_head(struct http_request *hreq, void *ctx)
                                "files out) or raise SKIFF_MAX_UPLOAD_MB";
 }
 
+/* A request whose token was looked for in the store, its body read: authorised and run, or
+ * refused. */
+static void api__run_looked(struct api_request *req)
+{
+    struct api *api = req->api;
+    struct api_auth_wait *w = req->auth_wait;
+    req->auth_wait = NULL;
+    bool known = w->rc == 0 && auth_authenticate_cached(api->auth, w->token, &req->principal) == 0;
+    sodium_memzero(w->token, strlen(w->token));
+    free(w->token);
+    free(w);
+    if (!known) {
+        api_respond_error(req, SKIFF_E_UNAUTHORIZED, API_TOKEN_INVALID);
+        return;
+    }
+    char msg[512];
+    enum skiff_err err = api__authorize(api, req, msg, sizeof msg);
+    if (err)
+        api_respond_error(req, err, "%s", msg);
+    else
+        req->route->fn(req, req->route->ctx);
+}
+
+static void api__token_looked(void *ctx, int rc)
+{
+    struct api_auth_wait *w = ctx;
+    w->looked = true;
+    w->rc = rc;
+    if (!w->req) { /* the request went meanwhile */
+        sodium_memzero(w->token, strlen(w->token));
+        free(w->token);
+        free(w);
+    } else if (w->body_read) {
+        api__run_looked(w->req);
+    }
+}
+
 static void api__on_request(struct http_request *hreq, void *ctx)
 {
     (void)ctx;
     struct api_request *req = (struct api_request *)hreq;
+    if (req->auth_wait) {
+        req->auth_wait->body_read = true;
+        if (req->auth_wait->looked)
+            api__run_looked(req);
+        return; /* run once the store answers (api__token_looked) */
+    }
     req->route->fn(req, req->route->ctx);
 }

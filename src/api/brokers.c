@@ -563,6 +563,7 @@ static void svc__catalog_answered(struct svc_op *op)
     op->req = NULL;
     char msg[600] = "", err[300];
     enum skiff_err code = SKIFF_OK;
+    bool store = false; /* the catalog is good: the broker's record is written */
     json_t *catalog = op->call.json;
     if (op->call.status != 200) {
         svc__call_failure(op, "GET /v2/catalog", msg, sizeof msg);
@@ -589,11 +590,18 @@ static void svc__catalog_answered(struct svc_op *op)
             if (op->registered && !op->replace)
                 svc__open_plans(op->pending);
             svc__stamp(op->pending, !op->replace);
-            if (services_put(a->records, SERVICES_KIND_BROKER, op->pending) < 0) {
-                code = SKIFF_E_INTERNAL;
-                snprintf(msg, sizeof msg, SVC_STORE_FAILED);
-            }
+            store = true;
         }
+    }
+    if (store && !op->registered) { /* answered once it is stored */
+        svc__answer_stored(a, req, SERVICES_KIND_BROKER, op->pending, NULL, op->replace ? 200 : 201,
+                           svc__broker_view(a, op->pending));
+        svc__op_free(op);
+        return;
+    }
+    if (store && services_put(a->records, SERVICES_KIND_BROKER, op->pending) < 0) {
+        code = SKIFF_E_INTERNAL;
+        snprintf(msg, sizeof msg, SVC_STORE_FAILED);
     }
     if (op->registered)
         op->registered(op->registered_arg, code == SKIFF_OK, msg);
@@ -762,10 +770,8 @@ static void svc__brokers_delete(struct api_request *req, void *ctx)
                           "the service broker %s still has %zu service instance(s): delete them "
                           "first",
                           svc__str(b, "name"), json_array_size(insts));
-    else if (services_delete(a->records, SERVICES_KIND_BROKER, svc__str(b, "guid")) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        svc__answer_stored(a, req, SERVICES_KIND_BROKER, NULL, svc__str(b, "guid"), 204, NULL);
     json_decref(insts);
     json_decref(b);
 }
@@ -997,10 +1003,7 @@ static void svc__access_set(struct api_request *req, void *ctx)
         goto done;
     }
     svc__stamp(target, false);
-    if (services_put(a->records, SERVICES_KIND_BROKER, target) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-    else
-        api_respond(req, 204, NULL, NULL, 0);
+    svc__answer_stored(a, req, SERVICES_KIND_BROKER, target, NULL, 204, NULL);
 done:
     json_decref(brokers);
     json_decref(body);
@@ -1256,18 +1259,38 @@ static bool svc__binding_set(struct svc_op *op, const char *type, const char *st
     return rc == 0;
 }
 
+/* A binding's answer: sent once the writes queued before it are made, with the record as the
+ * store then holds it. */
+struct svc_binding_answer {
+    struct api_svc *a;
+    struct api_request *req;
+    int status;
+};
+
+static void svc__binding_stored(void *ctx, json_t *b)
+{
+    struct svc_binding_answer *w = ctx;
+    if (b)
+        api_respond_json(w->req, w->status, svc__binding_view(w->a, b));
+    else
+        api_respond_error(w->req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
+    json_decref(b);
+    free(w);
+}
+
 static void svc__respond_binding(struct svc_op *op, int status)
 {
     struct api_request *req = op->req;
     op->req = NULL;
     if (!req)
         return;
-    json_t *b = services_get(op->a->records, SERVICES_KIND_BINDING, op->binding_guid);
-    if (b)
-        api_respond_json(req, status, svc__binding_view(op->a, b));
-    else
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-    json_decref(b);
+    struct svc_binding_answer *w = xcalloc(1, sizeof *w);
+    w->a = op->a;
+    w->req = req;
+    w->status = status;
+    if (services_get_stored_async(op->a->records, SERVICES_KIND_BINDING, op->binding_guid,
+                                  svc__binding_stored, w) < 0)
+        svc__binding_stored(w, NULL);
 }
 
 static bool svc__answer_malformed(const json_t *answer)

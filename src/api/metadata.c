@@ -269,6 +269,24 @@ static void metadata__get(struct api_request *req, void *ctx)
     store_app_free(app);
 }
 
+/* A PATCH whose document is being written: answered once it is. */
+struct metadata_put {
+    struct api_request *req;
+    json_t *m;
+};
+
+static void metadata__stored(void *ctx, int rc)
+{
+    struct metadata_put *put = ctx;
+    if (rc < 0) {
+        json_decref(put->m);
+        api_respond_error(put->req, rc, "cannot store the metadata (see skiffd's output)");
+    } else {
+        api_respond_json(put->req, 200, put->m);
+    }
+    free(put);
+}
+
 static void metadata__patch(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -287,13 +305,18 @@ static void metadata__patch(struct api_request *req, void *ctx)
                          json_object_get(body, "annotations"), false))
         goto done;
     char *text = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
-    int rc = store_doc_put(core->cfg.store, METADATA_KIND, app->guid, text);
+    struct metadata_put *put = xcalloc(1, sizeof *put);
+    put->req = req;
+    put->m = json_incref(m);
+    /* queued: reads see it at once, the answer waits for the store */
+    int rc =
+        store_doc_put_async(core->cfg.store, METADATA_KIND, app->guid, text, metadata__stored, put);
     free(text);
     if (rc < 0) {
+        json_decref(put->m);
+        free(put);
         api_respond_error(req, rc, "cannot store the metadata (see skiffd's output)");
-        goto done;
     }
-    api_respond_json(req, 200, json_incref(m));
 done:
     json_decref(m);
     json_decref(body);

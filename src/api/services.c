@@ -266,12 +266,44 @@ void svc__stamp(json_t *rec, bool created)
     json_object_set_new(rec, "updated_at", json_integer(now));
 }
 
+/* An answer held until its record's write is stored. */
+struct svc_held {
+    struct api_request *req;
+    int status;
+    json_t *body; /* NULL: none */
+};
+
+static void svc__held_stored(void *ctx, int rc)
+{
+    struct svc_held *h = ctx;
+    if (rc < 0) {
+        json_decref(h->body);
+        api_respond_error(h->req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
+    } else if (h->body) {
+        api_respond_json(h->req, h->status, h->body);
+    } else {
+        api_respond(h->req, h->status, NULL, NULL, 0);
+    }
+    free(h);
+}
+
+void svc__answer_stored(struct api_svc *a, struct api_request *req, const char *kind,
+                        const json_t *rec, const char *guid, int status, json_t *body)
+{
+    struct svc_held *h = xcalloc(1, sizeof *h);
+    h->req = req;
+    h->status = status;
+    h->body = body;
+    int rc = rec ? services_put_async(a->records, kind, rec, svc__held_stored, h)
+                 : services_delete_async(a->records, kind, guid, svc__held_stored, h);
+    if (rc < 0)
+        svc__held_stored(h, rc);
+}
+
 void svc__respond_stored(struct api_svc *a, struct api_request *req, int status, json_t *inst)
 {
-    if (services_put(a->records, SERVICES_KIND_INSTANCE, inst) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-    else
-        api_respond_json(req, status, svc__instance_view(a, inst));
+    svc__answer_stored(a, req, SERVICES_KIND_INSTANCE, inst, NULL, status,
+                       svc__instance_view(a, inst));
 }
 
 static void svc__instance_create(struct api_request *req, void *ctx)
@@ -405,10 +437,8 @@ static void svc__instance_delete(struct api_request *req, void *ctx)
         free(list);
     } else if (!svc__is_user_provided(inst)) {
         svc__managed_delete(a, req, inst);
-    } else if (services_delete(a->records, SERVICES_KIND_INSTANCE, svc__str(inst, "guid")) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
     } else {
-        api_respond(req, 204, NULL, NULL, 0);
+        svc__answer_stored(a, req, SERVICES_KIND_INSTANCE, NULL, svc__str(inst, "guid"), 204, NULL);
     }
     json_decref(apps);
     json_decref(keys);
@@ -550,11 +580,7 @@ static void svc__binding_create(struct api_request *req, void *ctx)
     json_object_set_new(
         bind, "last_operation",
         json_pack("{s:s,s:s,s:s}", "type", "create", "state", "succeeded", "description", ""));
-    if (services_put(a->records, SERVICES_KIND_BINDING, bind) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-        goto done;
-    }
-    api_respond_json(req, 201, svc__binding_view(a, bind));
+    svc__answer_stored(a, req, SERVICES_KIND_BINDING, bind, NULL, 201, svc__binding_view(a, bind));
 done:
     store_app_free(app);
     json_decref(bind);
@@ -576,10 +602,8 @@ static void svc__binding_delete(struct api_request *req, void *ctx)
                           instance_name);
     else if (bind && !svc__is_user_provided(inst))
         svc__managed_unbind(a, req, inst, bind);
-    else if (bind && services_delete(a->records, SERVICES_KIND_BINDING, svc__str(bind, "guid")) < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
     else if (bind)
-        api_respond(req, 204, NULL, NULL, 0);
+        svc__answer_stored(a, req, SERVICES_KIND_BINDING, NULL, svc__str(bind, "guid"), 204, NULL);
     json_decref(bind);
     json_decref(inst);
     store_app_free(app);

@@ -40,6 +40,11 @@ bool svc__tags(struct api_request *req, json_t *body, json_t **out);
 void svc__stamp(json_t *rec, bool created);
 /* Stores the instance and answers with its view, or 500. */
 void svc__respond_stored(struct api_svc *a, struct api_request *req, int status, json_t *inst);
+/* Writes rec (or, with rec NULL, deletes the record guid) of kind through the store's queue and
+ * answers status with body (taken; NULL: no body) once it is stored, SVC_STORE_FAILED when
+ * the store refused it. */
+void svc__answer_stored(struct api_svc *a, struct api_request *req, const char *kind,
+                        const json_t *rec, const char *guid, int status, json_t *body);
 json_t *svc__json_string_own(char *s);
 
 /* brokers.c: the managed side, through the instance's broker. Each answers the request. */

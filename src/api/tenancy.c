@@ -120,6 +120,45 @@ static void tenancy__fail(struct api_request *req, int rc, const char *what)
         api_respond_error(req, rc, "the store failed: %s (see skiffd's log)", skiff_strerror(rc));
 }
 
+/* An answer held until the writes of the change just made are made (auth_landed): auth
+ * changes its copy at once and queues its records, so the client hears only of what is
+ * stored. */
+struct tenancy_held {
+    struct api_request *req;
+    int status;
+    json_t *body;      /* NULL: none */
+    char *unlink_path; /* removed once stored (the first start's password note) */
+};
+
+static void tenancy__held_landed(void *ctx, int rc)
+{
+    struct tenancy_held *h = ctx;
+    if (rc < 0) {
+        json_decref(h->body);
+        tenancy__fail(h->req, rc, "change");
+    } else {
+        if (h->unlink_path)
+            unlink(h->unlink_path);
+        if (h->body)
+            api_respond_json(h->req, h->status, h->body);
+        else
+            api_respond(h->req, h->status, NULL, NULL, 0);
+    }
+    free(h->unlink_path);
+    free(h);
+}
+
+/* Answers status with body (taken; NULL: none) once every change auth queued is stored. */
+static void tenancy__answer_landed(struct api_tenancy *t, struct api_request *req, int status,
+                                   json_t *body)
+{
+    struct tenancy_held *h = xcalloc(1, sizeof *h);
+    h->req = req;
+    h->status = status;
+    h->body = body;
+    auth_landed(tenancy__auth(t), tenancy__held_landed, h);
+}
+
 /* A user by name or guid; one made through another skiffd on a shared store a moment ago is
  * found too (auth_catch_up_user on a miss). */
 static const struct auth_user *tenancy__user_named(struct api_tenancy *t, const char *name)
@@ -179,23 +218,106 @@ static void tenancy__job_free(struct tenancy_job *j)
     free(j);
 }
 
+/* The answer to a login or a refresh: the new pair. */
+static json_t *tenancy__tokens_json(struct api_tenancy *t, const char *user_guid,
+                                    const char *access, const char *refresh)
+{
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), user_guid);
+    return json_pack("{s:s, s:s, s:s, s:I, s:s}", "access_token", access, "refresh_token", refresh,
+                     "token_type", "bearer", "expires_in", (json_int_t)(AUTH_ACCESS_TTL_MS / 1000),
+                     "user", u ? u->name : "");
+}
+
+/* A login whose tokens are being written. */
+struct tenancy_login {
+    struct api_tenancy *t;
+    struct api_request *req;
+    char user_guid[AUTH_GUID_LEN + 1];
+    char access[AUTH_TOKEN_TEXT_MAX];
+    char refresh[AUTH_TOKEN_TEXT_MAX];
+};
+
+static void tenancy__login_landed(void *ctx, int rc)
+{
+    struct tenancy_login *l = ctx;
+    if (rc < 0)
+        tenancy__fail(l->req, rc, "session");
+    else
+        api_respond_json(l->req, 200,
+                         tenancy__tokens_json(l->t, l->user_guid, l->access, l->refresh));
+    sodium_memzero(l, sizeof *l);
+    free(l);
+}
+
 static void tenancy__answer_login(struct api_request *req, struct api_tenancy *t,
                                   const char *user_guid)
 {
-    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
-    int rc = auth_login(tenancy__auth(t), user_guid, access, refresh);
+    struct tenancy_login *l = xcalloc(1, sizeof *l);
+    l->t = t;
+    l->req = req;
+    snprintf(l->user_guid, sizeof l->user_guid, "%s", user_guid);
+    int rc = auth_login(tenancy__auth(t), user_guid, l->access, l->refresh);
     if (rc < 0) {
         tenancy__fail(req, rc, "session");
+        sodium_memzero(l, sizeof *l);
+        free(l);
         return;
     }
-    const struct auth_user *u = auth_user_find(tenancy__auth(t), user_guid);
-    api_respond_json(req, 200,
-                     json_pack("{s:s, s:s, s:s, s:I, s:s}", "access_token", access,
-                               "refresh_token", refresh, "token_type", "bearer", "expires_in",
-                               (json_int_t)(AUTH_ACCESS_TTL_MS / 1000), "user",
-                               u ? u->name : ""));
-    sodium_memzero(access, sizeof access);
-    sodium_memzero(refresh, sizeof refresh);
+    auth_landed(tenancy__auth(t), tenancy__login_landed, l);
+}
+
+static void tenancy__refresh_refused(struct api_request *req)
+{
+    api_respond_error(req, SKIFF_E_UNAUTHORIZED,
+                      "the refresh token is not valid (unknown, used, ended or expired): log in "
+                      "again with `skiff login`");
+}
+
+struct tenancy_refresh {
+    struct api_tenancy *t;
+    struct api_request *req;
+};
+
+static void tenancy__refreshed(void *ctx, int rc, const char *user_guid, const char *access,
+                               const char *refresh)
+{
+    struct tenancy_refresh *r = ctx;
+    if (rc < 0)
+        tenancy__refresh_refused(r->req);
+    else
+        api_respond_json(r->req, 200, tenancy__tokens_json(r->t, user_guid, access, refresh));
+    free(r);
+}
+
+/* A user whose records are being written (a new user's password shown once, when made up). */
+struct tenancy_user_made {
+    struct api_tenancy *t;
+    struct api_request *req;
+    char name[AUTH_NAME_MAX + 1];
+    char *password;
+};
+
+static void tenancy__user_made(void *ctx, int rc, const char *guid)
+{
+    struct tenancy_user_made *m = ctx;
+    const struct auth_user *u = rc == 0 ? auth_user_find(tenancy__auth(m->t), guid) : NULL;
+    if (rc == 0 && !u)
+        rc = -ENOENT; /* deleted meanwhile */
+    if (rc < 0) {
+        char what[AUTH_NAME_MAX + 16];
+        snprintf(what, sizeof what, "user \"%s\"", m->name);
+        tenancy__fail(m->req, rc, what);
+    } else {
+        json_t *o = tenancy__user_json(u);
+        if (m->password)
+            json_object_set_new(o, "password", json_string(m->password));
+        api_respond_json(m->req, 201, o);
+    }
+    if (m->password) {
+        sodium_memzero(m->password, strlen(m->password));
+        free(m->password);
+    }
+    free(m);
 }
 
 static void tenancy__job_done(uv_work_t *w, int status)
@@ -220,17 +342,21 @@ static void tenancy__job_done(uv_work_t *w, int status)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "a password is %d to %d bytes long",
                           AUTH_PASSWORD_MIN, AUTH_PASSWORD_MAX);
     } else if (j->kind == JOB_CREATE_USER) {
-        const struct auth_user *u = NULL;
-        int rc = auth_user_create(a, j->name, j->new_hash, j->admin, &u);
+        struct tenancy_user_made *m = xcalloc(1, sizeof *m);
+        m->t = t;
+        m->req = req;
+        snprintf(m->name, sizeof m->name, "%s", j->name);
+        m->password = j->generated ? xstrdup(j->new_password) : NULL;
+        int rc = auth_user_create_async(a, j->name, j->new_hash, j->admin, tenancy__user_made, m);
         if (rc < 0) {
             char what[AUTH_NAME_MAX + 16];
             snprintf(what, sizeof what, "user \"%s\"", j->name);
             tenancy__fail(req, rc, what);
-        } else {
-            json_t *o = tenancy__user_json(u);
-            if (j->generated)
-                json_object_set_new(o, "password", json_string(j->new_password));
-            api_respond_json(req, 201, o);
+            if (m->password) {
+                sodium_memzero(m->password, strlen(m->password));
+                free(m->password);
+            }
+            free(m);
         }
     } else {
         const struct auth_principal *p = api_request_principal(req);
@@ -241,14 +367,14 @@ static void tenancy__job_done(uv_work_t *w, int status)
         if (rc < 0) {
             tenancy__fail(req, rc, "user");
         } else {
+            struct tenancy_held *h = xcalloc(1, sizeof *h);
+            h->req = req;
+            h->status = 204;
             const struct auth_user *u = auth_user_find(a, j->user_guid);
-            if (u && !strcmp(u->name, "admin")) {
-                /* the first start's password is no longer good: its note goes */
-                char *path = xasprintf("%s/admin-password", t->cfg.home);
-                unlink(path);
-                free(path);
-            }
-            api_respond(req, 204, NULL, NULL, 0);
+            if (u && !strcmp(u->name, "admin")) /* the first start's password is no longer
+                                                    good: its note goes */
+                h->unlink_path = xasprintf("%s/admin-password", t->cfg.home);
+            auth_landed(a, tenancy__held_landed, h);
         }
     }
     tenancy__job_free(j);
@@ -279,6 +405,38 @@ static bool tenancy__job_start(struct api_tenancy *t, struct api_request *req,
 
 /* ---- logging in ---------------------------------------------------------------------------- */
 
+static void tenancy__login_reread(void *ctx, int rc);
+
+/* The login's user known (or not) by its name: its record read again, then its password
+ * checked. */
+static void tenancy__login_named(void *ctx, int rc)
+{
+    (void)rc; /* the copy decides */
+    struct tenancy_job *j = ctx;
+    const struct auth_user *u = j->name[0] ? auth_user_find(tenancy__auth(j->t), j->name) : NULL;
+    if (!u || strcmp(u->name, j->name)) { /* by name only: a guid is no user name */
+        tenancy__job_start(j->t, j->req, j);
+        return;
+    }
+    /* its password may have changed through another skiffd on a shared store: its record is
+     * read again (queued, off the loop), then the password checked */
+    snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
+    auth_user_reread_async(tenancy__auth(j->t), j->user_guid, tenancy__login_reread, j);
+}
+
+/* The user's record read again before a login: its password checked against it. */
+static void tenancy__login_reread(void *ctx, int rc)
+{
+    (void)rc; /* not read: the copy decides */
+    struct tenancy_job *j = ctx;
+    const struct auth_user *u = auth_user_find(tenancy__auth(j->t), j->user_guid);
+    if (u && !strcmp(u->guid, j->user_guid))
+        j->hash = xstrdup(u->password_hash);
+    else
+        j->user_guid[0] = '\0';
+    tenancy__job_start(j->t, j->req, j);
+}
+
 static void tenancy__token(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
@@ -294,23 +452,15 @@ static void tenancy__token(struct api_request *req, void *ctx)
     const char *grant = json_string_value(json_object_get(body, "grant_type"));
     if (grant && !strcmp(grant, "refresh_token")) {
         const char *refresh = json_string_value(json_object_get(body, "refresh_token"));
-        char user[AUTH_GUID_LEN + 1];
-        char access[AUTH_TOKEN_TEXT_MAX], next[AUTH_TOKEN_TEXT_MAX];
-        int rc = refresh ? auth_refresh(tenancy__auth(t), refresh, user, access, next) : -ENOENT;
+        struct tenancy_refresh *r = xcalloc(1, sizeof *r);
+        r->t = t;
+        r->req = req;
+        int rc = refresh ? auth_refresh_async(tenancy__auth(t), refresh, tenancy__refreshed, r)
+                         : -ENOENT;
         if (rc < 0) {
-            api_respond_error(req, SKIFF_E_UNAUTHORIZED,
-                              "the refresh token is not valid (unknown, used, ended or "
-                              "expired): log in again with `skiff login`");
-        } else {
-            const struct auth_user *u = auth_user_find(tenancy__auth(t), user);
-            api_respond_json(req, 200,
-                             json_pack("{s:s, s:s, s:s, s:I, s:s}", "access_token", access,
-                                       "refresh_token", next, "token_type", "bearer",
-                                       "expires_in", (json_int_t)(AUTH_ACCESS_TTL_MS / 1000),
-                                       "user", u ? u->name : ""));
+            tenancy__refresh_refused(req);
+            free(r);
         }
-        sodium_memzero(access, sizeof access);
-        sodium_memzero(next, sizeof next);
         json_decref(body);
         return;
     }
@@ -330,22 +480,20 @@ static void tenancy__token(struct api_request *req, void *ctx)
     }
     struct tenancy_job *j = xcalloc(1, sizeof *j);
     j->kind = JOB_LOGIN;
-    const struct auth_user *u = tenancy__user_named(t, name);
-    if (u && !strcmp(u->name, name)) {
-        /* its password may have changed through another skiffd on a shared store */
-        char guid[AUTH_GUID_LEN + 1];
-        snprintf(guid, sizeof guid, "%s", u->guid);
-        auth_user_reread(tenancy__auth(t), guid);
-        u = auth_user_find(tenancy__auth(t), guid);
-    }
-    /* by name only: a guid is no user name */
-    if (u && !strcmp(u->name, name)) {
-        j->hash = xstrdup(u->password_hash);
-        snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
-    }
+    j->t = t;
+    j->req = req;
     j->password = xstrndup(password, strnlen(password, AUTH_PASSWORD_MAX + 1));
+    if (strlen(name) < sizeof j->name) /* a longer one is no user's name */
+        snprintf(j->name, sizeof j->name, "%s", name);
     json_decref(body);
-    tenancy__job_start(t, req, j);
+    /* a user made through another skiffd a moment ago: its name looked for in the store
+     * (queued, off the loop) */
+    int looking =
+        auth_user_find(tenancy__auth(t), j->name)
+            ? -ENOENT
+            : auth_catch_up_user_async(tenancy__auth(t), j->name, tenancy__login_named, j);
+    if (looking != 0)
+        tenancy__login_named(j, 0);
 }
 
 static void tenancy__logout(struct api_request *req, void *ctx)
@@ -365,7 +513,7 @@ static void tenancy__logout(struct api_request *req, void *ctx)
     }
     if (p->kind == AUTH_USER && p->token_kind == AUTH_TOKEN_ACCESS)
         auth_token_revoke(tenancy__auth(t), p->token_guid);
-    api_respond(req, 204, NULL, NULL, 0);
+    tenancy__answer_landed(t, req, 204, NULL);
 }
 
 struct tenancy_roles_ctx {
@@ -482,7 +630,7 @@ static void tenancy__users_delete(struct api_request *req, void *ctx)
     if (rc < 0)
         tenancy__fail(req, rc, what);
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 static void tenancy__password(struct api_request *req, void *ctx)
@@ -561,6 +709,33 @@ static void tenancy__tokens_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:o}", "tokens", c.list));
 }
 
+/* An API token whose claim and records are being written. */
+struct tenancy_token_made {
+    struct api_tenancy *t;
+    struct api_request *req;
+    char name[AUTH_NAME_MAX + 1];
+    char text[AUTH_TOKEN_TEXT_MAX];
+};
+
+static void tenancy__token_made(void *ctx, int rc, const char *guid)
+{
+    struct tenancy_token_made *m = ctx;
+    const struct auth_token_info *k = rc == 0 ? auth_token_get(tenancy__auth(m->t), guid) : NULL;
+    if (rc == 0 && !k)
+        rc = -ENOENT; /* ended meanwhile */
+    if (rc < 0) {
+        char what[AUTH_NAME_MAX + 16];
+        snprintf(what, sizeof what, "token \"%s\"", m->name);
+        tenancy__fail(m->req, rc, what);
+    } else {
+        json_t *o = tenancy__token_json(m->t, k);
+        json_object_set_new(o, "token", json_string(m->text));
+        api_respond_json(m->req, 201, o);
+    }
+    sodium_memzero(m->text, sizeof m->text);
+    free(m);
+}
+
 static void tenancy__tokens_create(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
@@ -628,20 +803,18 @@ static void tenancy__tokens_create(struct api_request *req, void *ctx)
         return;
     }
     int64_t expires = expires_in ? time_now_ms() + json_integer_value(expires_in) * 1000 : 0;
-    char text[AUTH_TOKEN_TEXT_MAX];
-    const struct auth_token_info *k = NULL;
-    int rc = auth_token_create(a, p->user_guid, name, space ? space->guid : NULL, role, expires,
-                               text, &k);
+    struct tenancy_token_made *m = xcalloc(1, sizeof *m);
+    m->t = t;
+    m->req = req;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    int rc = auth_token_create_async(a, p->user_guid, name, space ? space->guid : NULL, role,
+                                     expires, m->text, tenancy__token_made, m);
     if (rc < 0) {
         char what[AUTH_NAME_MAX + 16];
         snprintf(what, sizeof what, "token \"%s\"", name);
         tenancy__fail(req, rc, what);
-    } else {
-        json_t *o = tenancy__token_json(t, k);
-        json_object_set_new(o, "token", json_string(text));
-        api_respond_json(req, 201, o);
+        free(m);
     }
-    sodium_memzero(text, sizeof text);
     json_decref(body);
 }
 
@@ -669,7 +842,7 @@ static void tenancy__tokens_delete(struct api_request *req, void *ctx)
     if (rc < 0)
         tenancy__fail(req, rc, "token");
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 /* ---- orgs and spaces ----------------------------------------------------------------------- */
@@ -689,6 +862,81 @@ static void tenancy__orgs_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:o}", "orgs", c.list));
 }
 
+/* An org, a space or a quota whose claim and records are being written. */
+enum tenancy_made_kind { MADE_ORG, MADE_SPACE, MADE_QUOTA };
+
+struct tenancy_made {
+    struct api_tenancy *t;
+    struct api_request *req;
+    enum tenancy_made_kind kind;
+    int status;
+    char what[AUTH_NAME_MAX + 16];
+    char me[AUTH_GUID_LEN + 1];  /* the maker's user ("": the local admin): its roles in it */
+    char org[AUTH_GUID_LEN + 1]; /* a space's */
+};
+
+/* The made thing's answer, with its maker's roles given (as Cloud Foundry does: who makes an
+ * org manages it; who makes a space manages it and develops in it); NULL: gone meanwhile. */
+static json_t *tenancy__made_json(struct tenancy_made *m, const char *guid)
+{
+    struct auth *a = tenancy__auth(m->t);
+    if (m->kind == MADE_QUOTA) {
+        const struct auth_quota *q = auth_quota_find(a, guid);
+        return q ? tenancy__quota_json(q) : NULL;
+    }
+    if (m->kind == MADE_ORG) {
+        const struct auth_org *o = auth_org_find(a, guid);
+        if (!o)
+            return NULL;
+        if (m->me[0])
+            auth_role_set(a, m->me, guid, NULL, AUTH_ROLE_ORG_MANAGER);
+        return tenancy__org_json(m->t, auth_org_find(a, guid));
+    }
+    const struct auth_space *s = auth_space_get(a, guid);
+    if (!s)
+        return NULL;
+    json_t *out = tenancy__space_json(m->t, s);
+    if (m->me[0]) {
+        auth_role_set(a, m->me, m->org, guid, AUTH_ROLE_SPACE_MANAGER);
+        auth_role_set(a, m->me, m->org, guid, AUTH_ROLE_SPACE_DEVELOPER);
+    }
+    return out;
+}
+
+static void tenancy__made(void *ctx, int rc, const char *guid)
+{
+    struct tenancy_made *m = ctx;
+    json_t *out = rc == 0 ? tenancy__made_json(m, guid) : NULL;
+    if (rc < 0 || !out)
+        tenancy__fail(m->req, rc < 0 ? rc : -ENOENT, m->what);
+    else
+        tenancy__answer_landed(m->t, m->req, m->status, out);
+    free(m);
+}
+
+static struct tenancy_made *tenancy__made_new(struct api_tenancy *t, struct api_request *req,
+                                              enum tenancy_made_kind kind, int status,
+                                              const char *what, const char *name)
+{
+    struct tenancy_made *m = xcalloc(1, sizeof *m);
+    m->t = t;
+    m->req = req;
+    m->kind = kind;
+    m->status = status;
+    snprintf(m->what, sizeof m->what, "%s \"%s\"", what, name ? name : "");
+    const struct auth_user *me = tenancy__me(t, req);
+    if (me)
+        snprintf(m->me, sizeof m->me, "%s", me->guid);
+    return m;
+}
+
+/* Answers a make that could not begin (rc < 0) and lets m go. */
+static void tenancy__made_refused(struct tenancy_made *m, int rc)
+{
+    tenancy__fail(m->req, rc, m->what);
+    free(m);
+}
+
 static void tenancy__orgs_create(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
@@ -701,21 +949,11 @@ static void tenancy__orgs_create(struct api_request *req, void *ctx)
         return;
     }
     const char *name = json_string_value(json_object_get(body, "name"));
-    const struct auth_org *o = NULL;
-    int rc = name ? auth_org_create(tenancy__auth(t), name, &o) : -EINVAL;
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "org \"%s\"", name ? name : "");
+    struct tenancy_made *m = tenancy__made_new(t, req, MADE_ORG, 201, "org", name);
+    int rc = name ? auth_org_create_async(tenancy__auth(t), name, tenancy__made, m) : -EINVAL;
     json_decref(body);
-    if (rc < 0) {
-        tenancy__fail(req, rc, what);
-        return;
-    }
-    json_t *out = tenancy__org_json(t, o);
-    const struct auth_user *me = tenancy__me(t, req);
-    if (me)
-        auth_role_set(tenancy__auth(t), me->guid, json_string_value(json_object_get(out, "guid")),
-                      NULL, AUTH_ROLE_ORG_MANAGER);
-    api_respond_json(req, 201, out);
+    if (rc < 0)
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__org_get(struct api_request *req, void *ctx)
@@ -806,7 +1044,7 @@ static void tenancy__org_delete(struct api_request *req, void *ctx)
     if (rc < 0)
         tenancy__fail(req, rc, "org");
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 static void tenancy__space_item(void *ctx, const struct auth_space *s)
@@ -835,28 +1073,13 @@ static void tenancy__spaces_create(struct api_request *req, void *ctx)
         return;
     }
     const char *name = json_string_value(json_object_get(body, "name"));
-    const struct auth_space *s = NULL;
-    int rc = name ? auth_space_create(tenancy__auth(t), api_request_org(req), name, &s) : -EINVAL;
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "space \"%s\"", name ? name : "");
+    struct tenancy_made *m = tenancy__made_new(t, req, MADE_SPACE, 201, "space", name);
+    snprintf(m->org, sizeof m->org, "%s", api_request_org(req));
+    int rc =
+        name ? auth_space_create_async(tenancy__auth(t), m->org, name, tenancy__made, m) : -EINVAL;
     json_decref(body);
-    if (rc < 0) {
-        tenancy__fail(req, rc, what);
-        return;
-    }
-    json_t *out = tenancy__space_json(t, s);
-    const struct auth_user *me = tenancy__me(t, req);
-    if (me) {
-        /* as Cloud Foundry does: who makes a space manages it and develops in it */
-        char guid[AUTH_GUID_LEN + 1], space[AUTH_GUID_LEN + 1];
-        snprintf(guid, sizeof guid, "%s", me->guid);
-        snprintf(space, sizeof space, "%s", json_string_value(json_object_get(out, "guid")));
-        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
-                      AUTH_ROLE_SPACE_MANAGER);
-        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
-                      AUTH_ROLE_SPACE_DEVELOPER);
-    }
-    api_respond_json(req, 201, out);
+    if (rc < 0)
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__space_delete(struct api_request *req, void *ctx)
@@ -870,7 +1093,7 @@ static void tenancy__space_delete(struct api_request *req, void *ctx)
     if (rc < 0)
         tenancy__fail(req, rc, "space");
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 /* ---- roles --------------------------------------------------------------------------------- */
@@ -921,13 +1144,50 @@ static void tenancy__space_users(struct api_request *req, void *ctx)
 }
 
 /* PUT or DELETE .../users/USER/roles/ROLE; user and role are the last two path parameters. */
+/* A role's change whose user this copy lacks: looked for in the store first (queued). */
+struct tenancy_role_change {
+    struct api_tenancy *t;
+    struct api_request *req;
+    char space[AUTH_GUID_LEN + 1]; /* "": an org role */
+    unsigned first;
+};
+
+static void tenancy__role_change_known(struct api_request *req, struct api_tenancy *t,
+                                       const char *space_guid, unsigned first);
+
+static void tenancy__role_user_looked(void *ctx, int rc)
+{
+    (void)rc; /* the copy decides */
+    struct tenancy_role_change *c = ctx;
+    tenancy__role_change_known(c->req, c->t, c->space[0] ? c->space : NULL, c->first);
+    free(c);
+}
+
 static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
                                  const char *space_guid, unsigned first)
+{
+    const char *user_name = api_request_param(req, first);
+    if (!auth_user_find(tenancy__auth(t), user_name)) {
+        struct tenancy_role_change *c = xcalloc(1, sizeof *c);
+        c->t = t;
+        c->req = req;
+        snprintf(c->space, sizeof c->space, "%s", space_guid ? space_guid : "");
+        c->first = first;
+        if (auth_catch_up_user_async(tenancy__auth(t), user_name, tenancy__role_user_looked, c) ==
+            0)
+            return; /* goes on once the store answers */
+        free(c);
+    }
+    tenancy__role_change_known(req, t, space_guid, first);
+}
+
+static void tenancy__role_change_known(struct api_request *req, struct api_tenancy *t,
+                                       const char *space_guid, unsigned first)
 {
     struct auth *a = tenancy__auth(t);
     const char *user_name = api_request_param(req, first);
     const char *role_name = api_request_param(req, first + 1);
-    const struct auth_user *u = tenancy__user_named(t, user_name);
+    const struct auth_user *u = auth_user_find(a, user_name);
     int role = auth_role_parse(role_name);
     if (!u) {
         api_respond_error(req, SKIFF_E_NOT_FOUND, "no user \"%s\"", user_name);
@@ -949,7 +1209,7 @@ static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
     if (rc < 0)
         tenancy__fail(req, rc, "role");
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 static void tenancy__org_role(struct api_request *req, void *ctx)
@@ -1027,14 +1287,11 @@ static void tenancy__quota_put(struct api_request *req, void *ctx)
         }
     }
     json_decref(body);
-    const struct auth_quota *out = NULL;
-    int rc = auth_quota_put(tenancy__auth(t), &q, &out);
-    char what[AUTH_NAME_MAX + 16];
-    snprintf(what, sizeof what, "quota \"%s\"", q.name);
+    struct tenancy_made *m =
+        tenancy__made_new(t, req, MADE_QUOTA, create ? 201 : 200, "quota", q.name);
+    int rc = auth_quota_put_async(tenancy__auth(t), &q, tenancy__made, m);
     if (rc < 0)
-        tenancy__fail(req, rc, what);
-    else
-        api_respond_json(req, create ? 201 : 200, tenancy__quota_json(out));
+        tenancy__made_refused(m, rc);
 }
 
 static void tenancy__quota_delete(struct api_request *req, void *ctx)
@@ -1047,7 +1304,7 @@ static void tenancy__quota_delete(struct api_request *req, void *ctx)
     if (rc < 0)
         tenancy__fail(req, rc, "such quota");
     else
-        api_respond(req, 204, NULL, NULL, 0);
+        tenancy__answer_landed(t, req, 204, NULL);
 }
 
 /* PUT /v1/orgs/ORG/quota and PUT /v1/orgs/ORG/spaces/SPACE/quota: {"quota": NAME or null}. */
@@ -1082,10 +1339,11 @@ static void tenancy__assign_quota(struct api_request *req, void *ctx)
         return;
     }
     if (space)
-        api_respond_json(req, 200, tenancy__space_json(t, auth_space_get(t->cfg.auth, space)));
+        tenancy__answer_landed(t, req, 200,
+                               tenancy__space_json(t, auth_space_get(t->cfg.auth, space)));
     else
-        api_respond_json(req, 200,
-                         tenancy__org_json(t, auth_org_find(t->cfg.auth, api_request_org(req))));
+        tenancy__answer_landed(
+            t, req, 200, tenancy__org_json(t, auth_org_find(t->cfg.auth, api_request_org(req))));
 }
 
 /* ---- the permission table ------------------------------------------------------------------ */

@@ -4,12 +4,14 @@
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/store.h"
@@ -55,6 +57,22 @@ struct auth {
     int64_t catch_up_second;
     unsigned catch_up_refused;
     uint64_t catch_up_refused_total;
+    /* the writes of the change being made, queued (auth_landed closes it), and every batch
+     * whose writes are not all reported yet */
+    struct auth_batch *batch;
+    struct auth_batch *batches;
+};
+
+/* The writes of one change (or of several, until auth_landed closes it), queued in order on
+ * the store's writer: done hears once every one of them is reported. */
+struct auth_batch {
+    struct auth *a; /* NULL once auth_free ran: the writes still report here */
+    int rc;         /* the first failure */
+    unsigned pending;
+    bool closed;
+    auth_done_fn *done;
+    void *ctx;
+    struct auth_batch *next;
 };
 
 /* Keyed reads of the store for a token or user name the copy lacks, at most this many a
@@ -250,6 +268,124 @@ bool auth_password_verify(const char *hash, const char *password)
  * (those are found by their hash), so that the others read everything again only then. */
 #define AUTH_DOC_GENERATION "auth.generation"
 
+/* ---- writes: queued, in order, the change made in memory at once -------------------------- */
+
+static struct auth_batch *auth__batch(struct auth *a)
+{
+    if (!a->batch) {
+        a->batch = xcalloc(1, sizeof *a->batch);
+        a->batch->a = a;
+        a->batch->next = a->batches;
+        a->batches = a->batch;
+    }
+    return a->batch;
+}
+
+/* Every write reported and the batch closed: a refused write leaves memory ahead of the
+ * store, so everything is read again (a write given up as the store closes leaves it be). */
+static void auth__batch_end(struct auth_batch *b)
+{
+    struct auth *a = b->a;
+    if (a) {
+        for (struct auth_batch **p = &a->batches; *p; p = &(*p)->next)
+            if (*p == b) {
+                *p = b->next;
+                break;
+            }
+    }
+    int rc = b->rc == -ECANCELED ? b->rc : b->rc < 0 ? -EIO : 0;
+    if (a && rc == -EIO) {
+        log_error("auth: the store refused a write (%s): everything is read again",
+                  skiff_strerror(b->rc));
+        auth_reload(a);
+    }
+    if (b->done)
+        b->done(b->ctx, rc);
+    free(b);
+}
+
+static void auth__batch_note(struct auth_batch *b, int rc)
+{
+    if (rc < 0 && !b->rc)
+        b->rc = rc;
+    if (--b->pending == 0 && b->closed)
+        auth__batch_end(b);
+}
+
+static void auth__put_landed(void *ctx, int rc)
+{
+    auth__batch_note(ctx, rc);
+}
+
+static void auth__delete_landed(void *ctx, int rc)
+{
+    auth__batch_note(ctx, rc == -ENOENT ? 0 : rc); /* absent already is fine */
+}
+
+/* Queues a put (json NULL: a delete) into the open batch; -EIO when it cannot be queued. */
+static int auth__queue(struct auth *a, const char *kind, const char *id, const char *json)
+{
+    struct auth_batch *b = auth__batch(a);
+    b->pending++;
+    int rc = json ? store_doc_put_async(a->store, kind, id, json, auth__put_landed, b)
+                  : store_doc_delete_async(a->store, kind, id, auth__delete_landed, b);
+    if (rc < 0) { /* its callback is not called */
+        b->pending--;
+        if (!b->rc)
+            b->rc = rc;
+        return -EIO;
+    }
+    return 0;
+}
+
+void auth_landed(struct auth *a, auth_done_fn *done, void *ctx)
+{
+    struct auth_batch *b = a->batch;
+    if (!b) {
+        done(ctx, 0);
+        return;
+    }
+    a->batch = NULL;
+    b->closed = true;
+    b->done = done;
+    b->ctx = ctx;
+    if (!b->pending)
+        auth__batch_end(b);
+}
+
+/* Reaps the store until *flag is set (SQLite sets it during the call). */
+static void auth__wait_for(struct auth *a, const bool *flag)
+{
+    while (!*flag) {
+        int fd = store_async_fd(a->store);
+        if (fd < 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        poll(&p, 1, 100);
+        store_async_reap(a->store);
+    }
+}
+
+struct auth_waited {
+    bool done;
+    int rc;
+};
+
+static void auth__waited(void *ctx, int rc)
+{
+    struct auth_waited *w = ctx;
+    w->rc = rc;
+    w->done = true;
+}
+
+int auth_wait(struct auth *a)
+{
+    struct auth_waited w = {0};
+    auth_landed(a, auth__waited, &w);
+    auth__wait_for(a, &w.done);
+    return w.done ? w.rc : -EIO;
+}
+
 /* Tells the other skiffds on the store that something changed (auth_catch_up). */
 static void auth__changed(struct auth *a)
 {
@@ -258,7 +394,7 @@ static void auth__changed(struct auth *a)
     char value[33];
     random_hex(value, 16);
     char *text = xasprintf("{\"generation\":\"%s\"}", value);
-    if (store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text) == 0)
+    if (auth__queue(a, AUTH_DOC_GENERATION, "auth", text) == 0)
         memcpy(a->own_generation, value, sizeof value);
     free(text);
 }
@@ -266,8 +402,7 @@ static void auth__changed(struct auth *a)
 /* A record goes from the store (absent already is fine), and the others are told. */
 static int auth__delete(struct auth *a, const char *kind, const char *id)
 {
-    int rc = store_doc_delete(a->store, kind, id);
-    if (rc < 0 && rc != -ENOENT)
+    if (auth__queue(a, kind, id, NULL) < 0)
         return -EIO;
     auth__changed(a);
     return 0;
@@ -279,7 +414,7 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
     json_decref(doc);
     if (!text)
         return -ENOMEM;
-    int rc = store_doc_put(a->store, kind, id, text);
+    int rc = auth__queue(a, kind, id, text);
     free(text);
     if (rc < 0)
         return -EIO;
@@ -290,77 +425,171 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
 
 int64_t auth_claim_grace_ms = 30 * 1000;
 
-/* Whether the claim (its document's text) is an orphan: older than auth_claim_grace_ms (a
- * claim from before claims carried their time counts as old) and naming a record that does
- * not exist (its skiffd died between the claim and the record's write, or between the record's
- * delete and the claim's). A claim whose record exists is never one. */
-static bool auth__claim_orphaned(struct auth *a, const char *field, const char *have)
+/* Claims a unique name (kind, id) for the record guid: a document {field: guid, claimed_at}
+ * created only when absent (store_doc_create_async), so that of two skiffds making one name
+ * at the same moment, on one PostgreSQL, one is told -EEXIST; the check against this copy in
+ * memory comes first and answers most. A claim the record already holds (a fixed guid made
+ * again) is fine. An orphaned claim (older than auth_claim_grace_ms, a claim without a time
+ * counting as old, and naming a record that does not exist: its skiffd died between the
+ * claim and the record's write, or between the record's delete and the claim's) is taken
+ * over by replacing exactly the body read (store_doc_replace_async), so of two skiffds
+ * taking it over at once one wins; a claim whose record exists never is. Every step is
+ * queued on the store's writer, in turn: the create, and after -EEXIST a fresh read of the
+ * claim, then of its record, then the replace. then(a, rc, arg) hears 0 (claimed), -EEXIST
+ * or -EIO, from store_async_reap (during the call on SQLite). */
+struct auth_claim {
+    struct auth *a;
+    char *kind, *id, *field, *text, *have;
+    char guid[AUTH_GUID_LEN + 1];
+    void (*then)(struct auth *a, int rc, void *arg);
+    void *arg;
+};
+
+static void auth__claim_end(struct auth_claim *c, int rc)
 {
+    c->then(c->a, rc == 0 || rc == -EEXIST ? rc : -EIO, c->arg);
+    free(c->kind);
+    free(c->id);
+    free(c->field);
+    free(c->text);
+    free(c->have);
+    free(c);
+}
+
+static void auth__claim_replaced(void *ctx, int rc)
+{
+    struct auth_claim *c = ctx;
+    if (rc == 0)
+        log_warning("the name %s (%s) was claimed by a record that was never written or is "
+                    "gone: taken over",
+                    c->id, c->kind);
+    auth__claim_end(c, rc == 0 ? 0 : -EEXIST);
+}
+
+static void auth__claim_record_read(void *ctx, int rc, const char *json)
+{
+    (void)json;
+    struct auth_claim *c = ctx;
+    if (rc != -ENOENT || store_doc_replace_async(c->a->store, c->kind, c->id, c->have, c->text,
+                                                 auth__claim_replaced, c) < 0)
+        auth__claim_end(c, -EEXIST);
+}
+
+static void auth__claim_read(void *ctx, int rc, const char *have)
+{
+    struct auth_claim *c = ctx;
+    if (rc < 0) {
+        auth__claim_end(c, -EEXIST);
+        return;
+    }
     json_t *o = json_loads(have, 0, NULL);
-    const char *owner = json_string_value(json_object_get(o, field));
+    const char *owner = json_string_value(json_object_get(o, c->field));
     int64_t at = (int64_t)json_integer_value(json_object_get(o, "claimed_at"));
-    bool orphan = false;
+    if (owner && !strcmp(owner, c->guid)) {
+        json_decref(o);
+        auth__claim_end(c, 0);
+        return;
+    }
+    int queued = -1;
     if (owner && time_now_ms() - at >= auth_claim_grace_ms) {
-        char *record_kind = xasprintf("auth.%s", field), *record = NULL;
-        orphan = store_doc_get(a->store, record_kind, owner, &record) == -ENOENT;
-        free(record);
+        c->have = xstrdup(have);
+        char *record_kind = xasprintf("auth.%s", c->field);
+        queued =
+            store_doc_get_fresh_async(c->a->store, record_kind, owner, auth__claim_record_read, c);
         free(record_kind);
     }
     json_decref(o);
-    return orphan;
+    if (queued < 0)
+        auth__claim_end(c, -EEXIST);
 }
 
-/* Claims a unique name (kind, id) for the record guid: a document {field: guid, claimed_at}
- * created only when absent (store_doc_create), so that of two skiffds making one name at the
- * same moment, on one PostgreSQL, one is told -EEXIST; the check against this copy in memory
- * comes first and answers most. A claim the record already holds (a fixed guid made again) is
- * fine. An orphaned claim (auth__claim_orphaned) is taken over by replacing exactly the body
- * read (store_doc_replace), so of two skiffds taking it over at once one wins. */
-static int auth__claim(struct auth *a, const char *kind, const char *id, const char *field,
-                       const char *guid)
+static void auth__claim_created(void *ctx, int rc)
+{
+    struct auth_claim *c = ctx;
+    if (rc != -EEXIST)
+        auth__claim_end(c, rc);
+    else if (store_doc_get_fresh_async(c->a->store, c->kind, c->id, auth__claim_read, c) < 0)
+        auth__claim_end(c, -EIO);
+}
+
+/* Returns -EIO (then not called) when nothing could be queued. */
+static int auth__claim_async(struct auth *a, const char *kind, const char *id, const char *field,
+                             const char *guid, void (*then)(struct auth *a, int rc, void *arg),
+                             void *arg)
 {
     json_t *doc = json_pack("{s:s, s:I}", field, guid, "claimed_at", (json_int_t)time_now_ms());
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (!text)
         return -ENOMEM;
-    int rc = store_doc_create(a->store, kind, id, text);
-    if (rc == -EEXIST) {
-        char *have = NULL;
-        if (store_doc_get(a->store, kind, id, &have) == 0) {
-            json_t *o = json_loads(have, 0, NULL);
-            const char *owner = json_string_value(json_object_get(o, field));
-            if (owner && !strcmp(owner, guid)) {
-                rc = 0;
-            } else if (auth__claim_orphaned(a, field, have) &&
-                       store_doc_replace(a->store, kind, id, have, text) == 0) {
-                log_warning("the name %s (%s) was claimed by a record that was never written"
-                            " or is gone: taken over",
-                            id, kind);
-                rc = 0;
-            }
-            json_decref(o);
-            free(have);
-        }
+    struct auth_claim *c = xcalloc(1, sizeof *c);
+    c->a = a;
+    c->kind = xstrdup(kind);
+    c->id = xstrdup(id);
+    c->field = xstrdup(field);
+    c->text = text;
+    AUTH_COPY(c->guid, guid);
+    c->then = then;
+    c->arg = arg;
+    if (store_doc_create_async(a->store, kind, id, text, auth__claim_created, c) < 0) {
+        c->then = NULL;
+        free(c->kind);
+        free(c->id);
+        free(c->field);
+        free(c->text);
+        free(c);
+        return -EIO;
     }
-    free(text);
-    return rc == 0 || rc == -EEXIST ? rc : -EIO;
+    return 0;
 }
 
 /* Lets a name go, only while guid holds it: a copy that is behind (another skiffd made the
  * name again since) must not free the new owner's claim. */
+struct auth_unclaim {
+    struct store *store;
+    struct auth_batch *b;
+    char *kind, *id, *field;
+    char guid[AUTH_GUID_LEN + 1];
+};
+
+static void auth__unclaim_read(void *ctx, int rc, const char *have)
+{
+    struct auth_unclaim *u = ctx;
+    json_t *o = rc == 0 ? json_loads(have, 0, NULL) : NULL;
+    const char *owner = json_string_value(json_object_get(o, u->field));
+    if (owner && !strcmp(owner, u->guid)) {
+        u->b->pending++;
+        if (store_doc_delete_async(u->store, u->kind, u->id, auth__delete_landed, u->b) < 0)
+            u->b->pending--;
+    }
+    json_decref(o);
+    auth__batch_note(u->b, rc == -ENOENT ? 0 : rc); /* the read's */
+    free(u->kind);
+    free(u->id);
+    free(u->field);
+    free(u);
+}
+
+/* The read and the delete are queued, in the open batch: the change is landed once both are
+ * made. */
 static void auth__unclaim(struct auth *a, const char *kind, const char *id, const char *field,
                           const char *guid)
 {
-    char *have = NULL;
-    if (store_doc_get(a->store, kind, id, &have) < 0)
-        return;
-    json_t *o = json_loads(have, 0, NULL);
-    const char *owner = json_string_value(json_object_get(o, field));
-    if (owner && !strcmp(owner, guid))
-        store_doc_delete(a->store, kind, id);
-    json_decref(o);
-    free(have);
+    struct auth_unclaim *u = xcalloc(1, sizeof *u);
+    u->store = a->store;
+    u->b = auth__batch(a);
+    u->kind = xstrdup(kind);
+    u->id = xstrdup(id);
+    u->field = xstrdup(field);
+    AUTH_COPY(u->guid, guid);
+    u->b->pending++;
+    if (store_doc_get_fresh_async(a->store, kind, id, auth__unclaim_read, u) < 0) {
+        u->b->pending--;
+        free(u->kind);
+        free(u->id);
+        free(u->field);
+        free(u);
+    }
 }
 
 /* "A/B": a claim of a name unique within A (a space in its org, a token of its user). */
@@ -461,7 +690,7 @@ static int auth__token_forget(struct auth *a, const struct auth_token_row *t)
 {
     char hex[2 * AUTH_HASH_BYTES + 1];
     sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
-    store_doc_delete(a->store, AUTH_DOC_TOKEN_HASH, hex); /* absent for older tokens */
+    auth__queue(a, AUTH_DOC_TOKEN_HASH, hex, NULL); /* absent for older tokens */
     if (t->info.kind == AUTH_TOKEN_API) {
         char *id = auth__pair_id(t->info.user_guid, t->info.name);
         auth__unclaim(a, AUTH_DOC_TOKEN_NAME, id, "token", t->info.guid);
@@ -701,6 +930,93 @@ const struct auth_space *auth_space_resolve(const struct auth *a, const char *re
     return org ? auth_space_find(a, org->guid, slash + 1) : NULL;
 }
 
+/* ---- records made once their name is claimed ------------------------------------------------ */
+
+/* A user or an API token being made: its name claimed (auth__claim_async), then apply puts it
+ * in memory and queues its writes, then done hears once they are made. */
+struct auth_make {
+    int (*apply)(struct auth *a, struct auth_make *m);
+    auth_made_fn *done;
+    void *ctx;
+    char *claim_kind, *claim_id;
+    char guid[AUTH_GUID_LEN + 1];
+    struct auth_user user; /* a user's: its password_hash goes to memory once applied */
+    /* an API token's */
+    char user_guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    char space_guid[AUTH_GUID_LEN + 1];
+    int role;
+    int64_t expires_at;
+    char *text; /* the caller's buffer, AUTH_TOKEN_TEXT_MAX */
+    struct auth_org org;
+    struct auth_space space;
+    struct auth_quota quota;          /* as it will be */
+    char old_name[AUTH_NAME_MAX + 1]; /* a quota renamed: the name it lets go */
+};
+
+static void auth__make_free(struct auth_make *m)
+{
+    free(m->claim_kind);
+    free(m->claim_id);
+    free(m->user.password_hash);
+    free(m);
+}
+
+static void auth__make_end(struct auth *a, struct auth_make *m, int rc)
+{
+    if (rc < 0 && rc != -EEXIST && a && m->claim_kind) /* the name goes with the record */
+        store_doc_delete_async(a->store, m->claim_kind, m->claim_id, NULL, NULL);
+    m->done(m->ctx, rc, rc == 0 ? m->guid : NULL);
+    auth__make_free(m);
+}
+
+static void auth__make_landed(void *ctx, int rc)
+{
+    auth__make_end(NULL, ctx, rc);
+}
+
+static void auth__make_claimed(struct auth *a, int rc, void *arg)
+{
+    struct auth_make *m = arg;
+    if (rc == 0)
+        rc = m->apply(a, m);
+    if (rc < 0)
+        auth__make_end(a, m, rc);
+    else
+        auth_landed(a, auth__make_landed, m);
+}
+
+/* Claims the name and goes on from the callbacks; -EIO (done not called) when nothing could be
+ * queued. */
+static int auth__make(struct auth *a, struct auth_make *m, const char *kind, const char *id,
+                      const char *field)
+{
+    if (!kind) { /* no name to claim */
+        auth__make_claimed(a, 0, m);
+        return 0;
+    }
+    m->claim_kind = xstrdup(kind);
+    m->claim_id = xstrdup(id);
+    int rc = auth__claim_async(a, kind, id, field, m->guid, auth__make_claimed, m);
+    if (rc < 0)
+        auth__make_free(m);
+    return rc;
+}
+
+struct auth_made_wait {
+    bool done;
+    int rc;
+    char guid[AUTH_GUID_LEN + 1];
+};
+
+static void auth__made_wait(void *ctx, int rc, const char *guid)
+{
+    struct auth_made_wait *w = ctx;
+    w->rc = rc;
+    AUTH_COPY(w->guid, guid);
+    w->done = true;
+}
+
 /* ---- users --------------------------------------------------------------------------------- */
 
 static int auth__cmp_user(const void *x, const void *y)
@@ -708,36 +1024,52 @@ static int auth__cmp_user(const void *x, const void *y)
     return strcmp(((const struct auth_user *)x)->name, ((const struct auth_user *)y)->name);
 }
 
-int auth_user_create(struct auth *a, const char *name, const char *password_hash, bool admin,
-                     const struct auth_user **out)
+/* The user claimed its name: into memory, its records queued. */
+static int auth__user_apply(struct auth *a, struct auth_make *m)
+{
+    if (auth_user_find(a, m->user.name)) /* made here meanwhile */
+        return -EEXIST;
+    if (auth__user_save(a, &m->user) < 0)
+        return -EIO;
+    a->users = xrealloc(a->users, (a->n_users + 1) * sizeof *a->users);
+    a->users[a->n_users++] = m->user;
+    m->user.password_hash = NULL; /* memory's now */
+    qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
+    auth__users_indexed(a);
+    return 0;
+}
+
+int auth_user_create_async(struct auth *a, const char *name, const char *password_hash, bool admin,
+                           auth_made_fn *done, void *ctx)
 {
     if (!auth_user_name_valid(name))
         return -EINVAL;
-    if (auth_user_find(a, name) || (auth_catch_up_user(a, name) && auth_user_find(a, name)))
+    if (auth_user_find(a, name)) /* one made through another skiffd: its claim refuses it */
         return -EEXIST;
-    struct auth_user u = {0};
-    uuid_generate_v4(u.guid);
-    AUTH_COPY(u.name, name);
-    u.password_hash = xstrdup(password_hash);
-    u.admin = admin;
-    u.created_at = time_now_ms();
-    int rc = auth__claim(a, AUTH_DOC_USER_NAME, name, "user", u.guid);
-    if (rc < 0) {
-        free(u.password_hash);
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__user_apply;
+    m->done = done;
+    m->ctx = ctx;
+    uuid_generate_v4(m->guid);
+    AUTH_COPY(m->user.guid, m->guid);
+    AUTH_COPY(m->user.name, name);
+    m->user.password_hash = xstrdup(password_hash);
+    m->user.admin = admin;
+    m->user.created_at = time_now_ms();
+    return auth__make(a, m, AUTH_DOC_USER_NAME, name, "user");
+}
+
+int auth_user_create(struct auth *a, const char *name, const char *password_hash, bool admin,
+                     const struct auth_user **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth_user_create_async(a, name, password_hash, admin, auth__made_wait, &w);
+    if (rc < 0)
         return rc;
-    }
-    if (auth__user_save(a, &u) < 0) {
-        auth__unclaim(a, AUTH_DOC_USER_NAME, name, "user", u.guid);
-        free(u.password_hash);
-        return -EIO;
-    }
-    a->users = xrealloc(a->users, (a->n_users + 1) * sizeof *a->users);
-    a->users[a->n_users++] = u;
-    qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
-    auth__users_indexed(a);
-    if (out)
-        *out = auth_user_find(a, u.guid);
-    return 0;
+    auth__wait_for(a, &w.done);
+    if (w.rc == 0 && out)
+        *out = auth_user_find(a, w.guid);
+    return w.rc;
 }
 
 static void auth__tokens_end_where(struct auth *a, const char *user_guid, const char *keep)
@@ -819,33 +1151,61 @@ static int auth__cmp_space(const void *x, const void *y)
     return c ? c : strcmp(s->name, t->name);
 }
 
-static int auth__org_add(struct auth *a, const char *guid, const char *name,
-                         const struct auth_org **out)
+static int auth__org_apply(struct auth *a, struct auth_make *m)
+{
+    if (auth_org_find(a, m->org.name)) /* made here meanwhile */
+        return -EEXIST;
+    if (auth__org_save(a, &m->org) < 0)
+        return -EIO;
+    a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
+    a->orgs[a->n_orgs++] = m->org;
+    qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
+    return 0;
+}
+
+static int auth__org_add_async(struct auth *a, const char *guid, const char *name,
+                               auth_made_fn *done, void *ctx)
 {
     if (!name_valid(name))
         return -EINVAL;
     if (auth_org_find(a, name))
         return -EEXIST;
-    struct auth_org o = {0};
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__org_apply;
+    m->done = done;
+    m->ctx = ctx;
     if (guid)
-        AUTH_COPY(o.guid, guid);
+        AUTH_COPY(m->guid, guid);
     else
-        uuid_generate_v4(o.guid);
-    AUTH_COPY(o.name, name);
-    o.created_at = time_now_ms();
-    int rc = auth__claim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
+        uuid_generate_v4(m->guid);
+    AUTH_COPY(m->org.guid, m->guid);
+    AUTH_COPY(m->org.name, name);
+    m->org.created_at = time_now_ms();
+    return auth__make(a, m, AUTH_DOC_ORG_NAME, name, "org");
+}
+
+int auth_org_create_async(struct auth *a, const char *name, auth_made_fn *done, void *ctx)
+{
+    return auth__org_add_async(a, NULL, name, done, ctx);
+}
+
+/* Waits for a make begun (rc from its call): its guid into w. */
+static int auth__made_waited(struct auth *a, int rc, struct auth_made_wait *w)
+{
     if (rc < 0)
         return rc;
-    if (auth__org_save(a, &o) < 0) {
-        auth__unclaim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
-        return -EIO;
-    }
-    a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
-    a->orgs[a->n_orgs++] = o;
-    qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
-    if (out)
-        *out = auth_org_find(a, o.guid);
-    return 0;
+    auth__wait_for(a, &w->done);
+    return w->rc;
+}
+
+static int auth__org_add(struct auth *a, const char *guid, const char *name,
+                         const struct auth_org **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(a, auth__org_add_async(a, guid, name, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_org_find(a, w.guid);
+    return rc;
 }
 
 int auth_org_create(struct auth *a, const char *name, const struct auth_org **out)
@@ -853,8 +1213,23 @@ int auth_org_create(struct auth *a, const char *name, const struct auth_org **ou
     return auth__org_add(a, NULL, name, out);
 }
 
-static int auth__space_add(struct auth *a, const char *guid, const char *org_guid,
-                           const char *name, const struct auth_space **out)
+static int auth__space_apply(struct auth *a, struct auth_make *m)
+{
+    const struct auth_org *org = auth_org_find(a, m->space.org_guid);
+    if (!org || strcmp(org->guid, m->space.org_guid)) /* deleted meanwhile */
+        return -ENOENT;
+    if (auth_space_find(a, m->space.org_guid, m->space.name))
+        return -EEXIST;
+    if (auth__space_save(a, &m->space) < 0)
+        return -EIO;
+    a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
+    a->spaces[a->n_spaces++] = m->space;
+    qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
+    return 0;
+}
+
+static int auth__space_add_async(struct auth *a, const char *guid, const char *org_guid,
+                                 const char *name, auth_made_fn *done, void *ctx)
 {
     if (!name_valid(name))
         return -EINVAL;
@@ -863,29 +1238,39 @@ static int auth__space_add(struct auth *a, const char *guid, const char *org_gui
         return -ENOENT;
     if (auth_space_find(a, org_guid, name))
         return -EEXIST;
-    struct auth_space s = {0};
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__space_apply;
+    m->done = done;
+    m->ctx = ctx;
     if (guid)
-        AUTH_COPY(s.guid, guid);
+        AUTH_COPY(m->guid, guid);
     else
-        uuid_generate_v4(s.guid);
-    AUTH_COPY(s.org_guid, org_guid);
-    AUTH_COPY(s.name, name);
-    s.created_at = time_now_ms();
+        uuid_generate_v4(m->guid);
+    AUTH_COPY(m->space.guid, m->guid);
+    AUTH_COPY(m->space.org_guid, org_guid);
+    AUTH_COPY(m->space.name, name);
+    m->space.created_at = time_now_ms();
     char *claim = auth__pair_id(org_guid, name);
-    int rc = auth__claim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
-    if (rc == 0 && auth__space_save(a, &s) < 0) {
-        auth__unclaim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
-        rc = -EIO;
-    }
+    int rc = auth__make(a, m, AUTH_DOC_SPACE_NAME, claim, "space");
     free(claim);
-    if (rc < 0)
-        return rc;
-    a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
-    a->spaces[a->n_spaces++] = s;
-    qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
-    if (out)
-        *out = auth_space_get(a, s.guid);
-    return 0;
+    return rc;
+}
+
+int auth_space_create_async(struct auth *a, const char *org_guid, const char *name,
+                            auth_made_fn *done, void *ctx)
+{
+    return auth__space_add_async(a, NULL, org_guid, name, done, ctx);
+}
+
+static int auth__space_add(struct auth *a, const char *guid, const char *org_guid, const char *name,
+                           const struct auth_space **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(
+        a, auth__space_add_async(a, guid, org_guid, name, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_space_get(a, w.guid);
+    return rc;
 }
 
 int auth_space_create(struct auth *a, const char *org_guid, const char *name,
@@ -985,38 +1370,60 @@ const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_
     return NULL;
 }
 
-int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
+/* The plan by guid exactly (NULL: none). */
+static struct auth_quota *auth__quota_by_guid(struct auth *a, const char *guid)
 {
-    if (!name_valid(q->name))
-        return -EINVAL;
-    const struct auth_quota *named = auth_quota_find(a, q->name);
-    struct auth_quota *have = q->guid[0] ? (struct auth_quota *)auth_quota_find(a, q->guid) : NULL;
-    if (have && strcmp(have->guid, q->guid))
-        have = NULL;
-    if (named && named != have)
+    struct auth_quota *q = guid[0] ? (struct auth_quota *)auth_quota_find(a, guid) : NULL;
+    return q && !strcmp(q->guid, guid) ? q : NULL;
+}
+
+static int auth__quota_apply(struct auth *a, struct auth_make *m)
+{
+    struct auth_quota *have = auth__quota_by_guid(a, m->quota.guid);
+    const struct auth_quota *named = auth_quota_find(a, m->quota.name);
+    if (named && named != have) /* made here meanwhile */
         return -EEXIST;
-    struct auth_quota next = *q;
-    if (!have)
-        uuid_generate_v4(next.guid);
-    bool renamed = !have || strcmp(have->name, next.name);
-    int rc = renamed ? auth__claim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid) : 0;
-    if (rc < 0)
-        return rc;
-    if (auth__quota_save(a, &next) < 0) {
-        if (renamed)
-            auth__unclaim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid);
+    if (auth__quota_save(a, &m->quota) < 0)
         return -EIO;
-    }
-    if (have && renamed)
-        auth__unclaim(a, AUTH_DOC_QUOTA_NAME, have->name, "quota", have->guid);
+    if (m->old_name[0])
+        auth__unclaim(a, AUTH_DOC_QUOTA_NAME, m->old_name, "quota", m->quota.guid);
     if (!have) {
         a->quotas = xrealloc(a->quotas, (a->n_quotas + 1) * sizeof *a->quotas);
         have = &a->quotas[a->n_quotas++];
     }
-    *have = next;
-    if (out)
-        *out = have;
+    *have = m->quota;
     return 0;
+}
+
+int auth_quota_put_async(struct auth *a, const struct auth_quota *q, auth_made_fn *done, void *ctx)
+{
+    if (!name_valid(q->name))
+        return -EINVAL;
+    const struct auth_quota *named = auth_quota_find(a, q->name);
+    struct auth_quota *have = auth__quota_by_guid(a, q->guid);
+    if (named && named != have)
+        return -EEXIST;
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__quota_apply;
+    m->done = done;
+    m->ctx = ctx;
+    m->quota = *q;
+    if (!have)
+        uuid_generate_v4(m->quota.guid);
+    AUTH_COPY(m->guid, m->quota.guid);
+    bool renamed = !have || strcmp(have->name, q->name);
+    if (have && renamed)
+        AUTH_COPY(m->old_name, have->name);
+    return auth__make(a, m, renamed ? AUTH_DOC_QUOTA_NAME : NULL, q->name, "quota");
+}
+
+int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth__made_waited(a, auth_quota_put_async(a, q, auth__made_wait, &w), &w);
+    if (rc == 0 && out)
+        *out = auth_quota_find(a, w.guid);
+    return rc;
 }
 
 int auth_quota_delete(struct auth *a, const char *guid)
@@ -1363,60 +1770,193 @@ int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEX
     return rc;
 }
 
-int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_GUID_LEN + 1],
-                 char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX])
+/* A refresh token being taken: looked for (in the store too, on a miss), its record deleted
+ * (which decides), then the new pair made and written. */
+struct auth_refreshing {
+    struct auth *a;
+    auth_refresh_fn *done;
+    void *ctx;
+    char *token;
+    char user[AUTH_GUID_LEN + 1];
+    char guid[AUTH_GUID_LEN + 1];
+    char access[AUTH_TOKEN_TEXT_MAX];
+    char refresh[AUTH_TOKEN_TEXT_MAX];
+};
+
+static void auth__refresh_end(struct auth_refreshing *r, int rc)
 {
-    struct auth_token_row *t = auth__token_by_text(a, refresh_token);
-    if (!t && auth__catch_up_token(a, refresh_token))
-        t = auth__token_by_text(a, refresh_token);
+    r->done(r->ctx, rc, rc == 0 ? r->user : NULL, rc == 0 ? r->access : NULL,
+            rc == 0 ? r->refresh : NULL);
+    sodium_memzero(r->token, strlen(r->token));
+    free(r->token);
+    sodium_memzero(r, sizeof *r);
+    free(r);
+}
+
+static void auth__unheard(void *ctx, int rc)
+{
+    (void)ctx;
+    (void)rc; /* a refusal was logged, and memory read again */
+}
+
+static void auth__refresh_landed(void *ctx, int rc)
+{
+    auth__refresh_end(ctx, rc);
+}
+
+/* Good once, whichever skiffd it is sent to: another one that took it first (this copy not
+ * told yet, or both at the same moment) left no record to delete, and the store says so. */
+static void auth__refresh_taken(void *ctx, int taken)
+{
+    struct auth_refreshing *r = ctx;
+    if (taken < 0 && taken != -ENOENT) {
+        auth__refresh_end(r, -EIO);
+        return;
+    }
+    auth_token_revoke(r->a, r->guid); /* gone from memory already is fine */
+    if (taken == -ENOENT) {
+        auth_landed(r->a, auth__unheard, NULL); /* the revoke's writes: no one waits */
+        auth__refresh_end(r, -ENOENT);
+        return;
+    }
+    int rc = auth_login(r->a, r->user, r->access, r->refresh);
+    if (rc < 0) {
+        auth__refresh_end(r, rc);
+        return;
+    }
+    auth_landed(r->a, auth__refresh_landed, r);
+}
+
+/* The token as this copy holds it: its record's delete queued (0), or -ENOENT. */
+static int auth__refresh_take(struct auth_refreshing *r)
+{
+    struct auth *a = r->a;
+    struct auth_token_row *t = auth__token_by_text(a, r->token);
     if (!t || t->info.kind != AUTH_TOKEN_REFRESH ||
         (t->info.expires_at && t->info.expires_at <= time_now_ms()) ||
         !auth_user_find(a, t->info.user_guid))
         return -ENOENT;
-    char user[AUTH_GUID_LEN + 1], guid[AUTH_GUID_LEN + 1];
-    AUTH_COPY(user, t->info.user_guid);
-    AUTH_COPY(guid, t->info.guid);
-    /* Good once, whichever skiffd it is sent to: another one that took it first (this copy not
-     * told yet, or both at the same moment) left no record to delete, and the store says so. */
-    int taken = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
-    if (taken < 0 && taken != -ENOENT)
-        return -EIO;
-    int rc = auth_token_revoke(a, guid);
-    if (rc < 0)
-        return rc;
-    if (taken == -ENOENT)
-        return -ENOENT;
-    memcpy(user_guid, user, sizeof user);
-    return auth_login(a, user, access, refresh);
+    AUTH_COPY(r->user, t->info.user_guid);
+    AUTH_COPY(r->guid, t->info.guid);
+    return store_doc_delete_async(a->store, AUTH_DOC_TOKEN, r->guid, auth__refresh_taken, r) < 0
+               ? -EIO
+               : 0;
 }
 
-int auth_token_create(struct auth *a, const char *user_guid, const char *name,
-                      const char *space_guid, int role, int64_t expires_at,
-                      char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out)
+static void auth__refresh_caught_up(struct auth *a, bool found, void *arg)
+{
+    struct auth_refreshing *r = arg;
+    int rc = found ? auth__refresh_take(r) : -ENOENT;
+    if (rc < 0)
+        auth__refresh_end(r, rc);
+}
+
+static int auth__catch_up_token_async(struct auth *a, const char *text,
+                                      void (*then)(struct auth *a, bool found, void *arg),
+                                      void *arg);
+
+int auth_refresh_async(struct auth *a, const char *refresh_token, auth_refresh_fn *done, void *ctx)
+{
+    struct auth_refreshing *r = xcalloc(1, sizeof *r);
+    r->a = a;
+    r->done = done;
+    r->ctx = ctx;
+    r->token = xstrdup(refresh_token);
+    int rc = auth__token_by_text(a, refresh_token)
+                 ? auth__refresh_take(r)
+                 : auth__catch_up_token_async(a, refresh_token, auth__refresh_caught_up, r);
+    if (rc == 1) /* found in the store at once (a reload) */
+        rc = auth__refresh_take(r);
+    if (rc < 0) {
+        sodium_memzero(r->token, strlen(r->token));
+        free(r->token);
+        free(r);
+    }
+    return rc;
+}
+
+struct auth_refresh_wait {
+    bool done;
+    int rc;
+    char *user, *access, *refresh;
+};
+
+static void auth__refresh_waited(void *ctx, int rc, const char *user, const char *access,
+                                 const char *refresh)
+{
+    struct auth_refresh_wait *w = ctx;
+    w->rc = rc;
+    if (rc == 0) {
+        snprintf(w->user, AUTH_GUID_LEN + 1, "%s", user);
+        snprintf(w->access, AUTH_TOKEN_TEXT_MAX, "%s", access);
+        snprintf(w->refresh, AUTH_TOKEN_TEXT_MAX, "%s", refresh);
+    }
+    w->done = true;
+}
+
+int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_GUID_LEN + 1],
+                 char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX])
+{
+    struct auth_refresh_wait w = {.user = user_guid, .access = access, .refresh = refresh};
+    int rc = auth_refresh_async(a, refresh_token, auth__refresh_waited, &w);
+    if (rc < 0)
+        return rc;
+    auth__wait_for(a, &w.done);
+    return w.rc;
+}
+
+/* The API token claimed its name: made, into memory, its records queued. */
+static int auth__token_apply(struct auth *a, struct auth_make *m)
+{
+    if (auth_token_find_named(a, m->user_guid, m->name)) /* made here meanwhile */
+        return -EEXIST;
+    int rc =
+        auth__token_make(a, m->guid, m->user_guid, AUTH_TOKEN_API, m->name,
+                         m->space_guid[0] ? m->space_guid : NULL, m->role, m->expires_at, m->text);
+    if (rc == 0) /* named: the others list it (and find it by name) once they caught up */
+        auth__changed(a);
+    return rc;
+}
+
+int auth_token_create_async(struct auth *a, const char *user_guid, const char *name,
+                            const char *space_guid, int role, int64_t expires_at,
+                            char text[AUTH_TOKEN_TEXT_MAX], auth_made_fn *done, void *ctx)
 {
     if (!name_valid(name))
         return -EINVAL;
     if (auth_token_find_named(a, user_guid, name))
         return -EEXIST;
     auth__tokens_prune(a);
-    char guid[AUTH_GUID_LEN + 1];
-    uuid_generate_v4(guid);
+    struct auth_make *m = xcalloc(1, sizeof *m);
+    m->apply = auth__token_apply;
+    m->done = done;
+    m->ctx = ctx;
+    uuid_generate_v4(m->guid);
+    AUTH_COPY(m->user_guid, user_guid);
+    AUTH_COPY(m->name, name);
+    AUTH_COPY(m->space_guid, space_guid);
+    m->role = role;
+    m->expires_at = expires_at;
+    m->text = text;
     char *claim = auth__pair_id(user_guid, name);
-    int rc = auth__claim(a, AUTH_DOC_TOKEN_NAME, claim, "token", guid);
-    if (rc == 0) {
-        rc = auth__token_make(a, guid, user_guid, AUTH_TOKEN_API, name, space_guid, role,
-                              expires_at, text);
-        if (rc < 0)
-            auth__unclaim(a, AUTH_DOC_TOKEN_NAME, claim, "token", guid);
-        else /* named: the others list it (and find it by name) once they caught up */
-            auth__changed(a);
-    }
+    int rc = auth__make(a, m, AUTH_DOC_TOKEN_NAME, claim, "token");
     free(claim);
-    if (rc == 0 && out) {
-        const struct auth_token_row *made = auth__token_by_text(a, text);
-        *out = made ? &made->info : NULL;
-    }
     return rc;
+}
+
+int auth_token_create(struct auth *a, const char *user_guid, const char *name,
+                      const char *space_guid, int role, int64_t expires_at,
+                      char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out)
+{
+    struct auth_made_wait w = {0};
+    int rc = auth_token_create_async(a, user_guid, name, space_guid, role, expires_at, text,
+                                     auth__made_wait, &w);
+    if (rc < 0)
+        return rc;
+    auth__wait_for(a, &w.done);
+    if (w.rc == 0 && out)
+        *out = auth_token_get(a, w.guid);
+    return w.rc;
 }
 
 int auth_token_revoke(struct auth *a, const char *guid)
@@ -1535,6 +2075,49 @@ static bool auth__catch_up(struct auth *a, const char *kind, const char *id,
     return auth_reload(a) == 0;
 }
 
+/* auth__catch_up with its keyed read queued: 1 when known now (a reload found it), 0 when the
+ * read is queued (then(a, found, arg) once it is made, everything read again when the store
+ * held it), -ENOENT when nothing is to be read (not shared, or past the rate). */
+struct auth_catching {
+    struct auth *a;
+    void (*then)(struct auth *a, bool found, void *arg);
+    void *arg;
+};
+
+static void auth__caught(void *ctx, int rc, const char *json)
+{
+    (void)json;
+    struct auth_catching *c = ctx;
+    bool found = rc == 0 && auth_reload(c->a) == 0;
+    c->then(c->a, found, c->arg);
+    free(c);
+}
+
+static int auth__catch_up_async(struct auth *a, const char *kind, const char *id,
+                                bool (*known)(const struct auth *, const char *), const char *what,
+                                void (*then)(struct auth *a, bool found, void *arg), void *arg)
+{
+    if (!a->shared)
+        return -ENOENT;
+    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news) {
+        if (auth_reload(a) < 0)
+            return -ENOENT;
+        if (known(a, what))
+            return 1;
+    }
+    if (!auth__catch_up_allowed(a))
+        return -ENOENT;
+    struct auth_catching *c = xcalloc(1, sizeof *c);
+    c->a = a;
+    c->then = then;
+    c->arg = arg;
+    if (store_doc_get_fresh_async(a->store, kind, id, auth__caught, c) < 0) {
+        free(c);
+        return -ENOENT;
+    }
+    return 0;
+}
+
 bool auth_catch_up_denied(struct auth *a)
 {
     if (!a->shared || !auth__catch_up_allowed(a))
@@ -1584,39 +2167,169 @@ static bool auth__catch_up_token(struct auth *a, const char *text)
     return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex, auth__token_known, text);
 }
 
+static int auth__catch_up_token_async(struct auth *a, const char *text,
+                                      void (*then)(struct auth *a, bool found, void *arg),
+                                      void *arg)
+{
+    unsigned char hash[AUTH_HASH_BYTES];
+    char hex[2 * AUTH_HASH_BYTES + 1];
+    auth__hash(text, hash);
+    sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
+    return auth__catch_up_async(a, AUTH_DOC_TOKEN_HASH, hex, auth__token_known, text, then, arg);
+}
+
+/* A user name's keyed read: the caller's done, once it is made. */
+struct auth_user_looking {
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__user_looked(struct auth *a, bool found, void *arg)
+{
+    (void)a;
+    struct auth_user_looking *l = arg;
+    l->done(l->ctx, found ? 0 : -ENOENT);
+    free(l);
+}
+
+int auth_catch_up_user_async(struct auth *a, const char *name, auth_done_fn *done, void *ctx)
+{
+    if (!auth_user_name_valid(name))
+        return -ENOENT;
+    struct auth_user_looking *l = xcalloc(1, sizeof *l);
+    l->done = done;
+    l->ctx = ctx;
+    int rc = auth__catch_up_async(a, AUTH_DOC_USER_NAME, name, auth__user_known, name,
+                                  auth__user_looked, l);
+    if (rc != 0)
+        free(l);
+    return rc;
+}
+
 bool auth_catch_up_user(struct auth *a, const char *name)
 {
     return auth_user_name_valid(name) &&
            auth__catch_up(a, AUTH_DOC_USER_NAME, name, auth__user_known, name);
 }
 
+struct auth_rereading {
+    struct auth *a;
+    char guid[AUTH_GUID_LEN + 1];
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__reread(void *ctx, int rc, const char *json)
+{
+    struct auth_rereading *r = ctx;
+    struct auth *a = r->a;
+    const struct auth_user *u = auth_user_find(a, r->guid);
+    if (rc == -ENOENT) {
+        rc = u ? auth_reload(a) : 0; /* deleted through another skiffd */
+    } else if (rc < 0) {
+        rc = -EIO;
+    } else if (u) {
+        json_t *o = json_loads(json, 0, NULL);
+        const char *hash = json_string_value(json_object_get(o, "password_hash"));
+        bool same = hash && u->password_hash && !strcmp(hash, u->password_hash);
+        json_decref(o);
+        rc = same ? 0 : auth_reload(a); /* a new password, and the user's tokens ended */
+    }
+    r->done(r->ctx, rc);
+    free(r);
+}
+
+void auth_user_reread_async(struct auth *a, const char *guid, auth_done_fn *done, void *ctx)
+{
+    if (!a->shared || !auth_user_find(a, guid)) {
+        done(ctx, 0);
+        return;
+    }
+    struct auth_rereading *r = xcalloc(1, sizeof *r);
+    r->a = a;
+    AUTH_COPY(r->guid, guid);
+    r->done = done;
+    r->ctx = ctx;
+    if (store_doc_get_fresh_async(a->store, AUTH_DOC_USER, guid, auth__reread, r) < 0) {
+        free(r);
+        done(ctx, -EIO);
+    }
+}
+
 int auth_user_reread(struct auth *a, const char *guid)
 {
-    const struct auth_user *u = auth_user_find(a, guid);
-    if (!a->shared || !u)
-        return 0;
-    char *json = NULL;
-    int rc = store_doc_get_fresh(a->store, AUTH_DOC_USER, guid, &json);
-    if (rc == -ENOENT)
-        return auth_reload(a); /* deleted through another skiffd */
-    if (rc < 0)
-        return -EIO;
-    json_t *o = json_loads(json, 0, NULL);
-    free(json);
-    const char *hash = json_string_value(json_object_get(o, "password_hash"));
-    bool same = hash && u->password_hash && !strcmp(hash, u->password_hash);
-    json_decref(o);
-    return same ? 0 : auth_reload(a); /* a new password, and the user's tokens ended */
+    struct auth_waited w = {0};
+    auth_user_reread_async(a, guid, auth__waited, &w);
+    auth__wait_for(a, &w.done);
+    return w.rc;
+}
+
+static bool auth__bearer(const char *token)
+{
+    return token && (!strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) ||
+                     !strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7));
+}
+
+static int auth__principal(struct auth *a, const struct auth_token_row *t,
+                           struct auth_principal *out);
+
+int auth_authenticate_cached(struct auth *a, const char *token, struct auth_principal *out)
+{
+    if (!auth__bearer(token))
+        return -ENOENT;
+    return auth__principal(a, auth__token_by_text(a, token), out);
+}
+
+/* A bearer token's keyed read for a miss: the caller's done, called with the token's answer
+ * once it is made. */
+struct auth_looking {
+    char *token;
+    auth_done_fn *done;
+    void *ctx;
+};
+
+static void auth__looked(struct auth *a, bool found, void *arg)
+{
+    (void)a;
+    struct auth_looking *l = arg;
+    l->done(l->ctx, found ? 0 : -ENOENT);
+    sodium_memzero(l->token, strlen(l->token));
+    free(l->token);
+    free(l);
+}
+
+int auth_authenticate_lookup_async(struct auth *a, const char *token, auth_done_fn *done, void *ctx)
+{
+    if (!auth__bearer(token))
+        return -ENOENT;
+    struct auth_looking *l = xcalloc(1, sizeof *l);
+    l->token = xstrdup(token);
+    l->done = done;
+    l->ctx = ctx;
+    int rc = auth__catch_up_token_async(a, token, auth__looked, l);
+    if (rc != 0) {
+        sodium_memzero(l->token, strlen(l->token));
+        free(l->token);
+        free(l);
+    }
+    return rc;
 }
 
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out)
 {
-    if (!token || (strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) &&
-                   strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7)))
+    if (!auth__bearer(token))
         return -ENOENT;
     const struct auth_token_row *t = auth__token_by_text(a, token);
     if (!t && auth__catch_up_token(a, token))
         t = auth__token_by_text(a, token);
+    return auth__principal(a, t, out);
+}
+
+/* The principal of a bearer token's row (NULL: unknown): -ENOENT for a refresh token, an
+ * expired one, or one whose user is gone. */
+static int auth__principal(struct auth *a, const struct auth_token_row *t,
+                           struct auth_principal *out)
+{
     if (!t || t->info.kind == AUTH_TOKEN_REFRESH ||
         (t->info.expires_at && t->info.expires_at <= time_now_ms()))
         return -ENOENT;
@@ -1783,7 +2496,10 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->catch_up_second = t.catch_up_second;
     a->catch_up_refused = t.catch_up_refused;
     a->catch_up_refused_total = t.catch_up_refused_total;
+    a->batch = t.batch; /* the writes under way are this auth's */
+    a->batches = t.batches;
     b->generation = NULL;
+    b->batch = b->batches = NULL;
 }
 
 int auth_reload(struct auth *a)
@@ -1875,6 +2591,8 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
         *new_admin_password = xstrdup(password);
         sodium_memzero(password, sizeof password);
     }
+    if ((rc = auth_wait(a)) < 0) /* the first start's records are made before it goes on */
+        goto fail;
     *out = a;
     return 0;
 fail:
@@ -1897,6 +2615,13 @@ void auth_free(struct auth *a)
     free(a->generation);
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
+    for (struct auth_batch *b = a->batches, *next; b; b = next) {
+        next = b->next;
+        b->a = NULL; /* its writes still report to it: the last frees it */
+        b->closed = true;
+        if (!b->pending)
+            auth__batch_end(b);
+    }
     free(a);
 }
 

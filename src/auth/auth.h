@@ -194,6 +194,27 @@ struct auth_token_info {
 int auth_open(struct store *st, char **new_admin_password, struct auth **out);
 void auth_free(struct auth *a);
 
+/* ---- writes --------------------------------------------------------------------------------
+ *
+ * Every change is made in memory at once and its records queued on the store's writer
+ * (store_doc_put_async and the others), in order, so the event loop never waits for the
+ * database. auth_landed(a, done, ctx) calls done(ctx, rc) once every write queued by the
+ * changes made since the last auth_landed is made: 0, or -EIO when the store refused one
+ * (everything is then read again from the store, so memory holds what the store holds), or
+ * -ECANCELED when the store closed first. A request is answered from done, never before. On
+ * SQLite the writes are made during the calls, and done is called before auth_landed returns.
+ * auth_wait does the same waiting itself (reaping the store): for the first start and tests,
+ * never from skiffd's loop. */
+typedef void auth_done_fn(void *ctx, int rc);
+void auth_landed(struct auth *a, auth_done_fn *done, void *ctx);
+int auth_wait(struct auth *a);
+/* A record made once its unique name is claimed in the store (a user, an API token): done(ctx,
+ * rc, guid) once its writes are made: 0 with its guid (find it with auth_user_find or
+ * auth_token_get), -EEXIST a name taken (through another skiffd too), -EIO. A call that
+ * returns an error (-EINVAL a name against the rules, -EEXIST a name this copy knows, -EIO)
+ * never calls done. */
+typedef void auth_made_fn(void *ctx, int rc, const char *guid);
+
 /* Several skiffds on one store (PostgreSQL): what another one wrote (users, passwords, roles,
  * orgs, spaces, quotas, tokens made or ended) is seen here after auth_reload, which reads
  * everything again and replaces what is in memory (pointers from lookups are invalid after
@@ -217,6 +238,10 @@ void auth_set_shared(struct auth *a, bool shared);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */
 bool auth_catch_up_user(struct auth *a, const char *name);
+/* The same with the read queued on the store's writer: 0 queued (done(ctx, 0) once this copy
+ * was read again and may hold the user, -ENOENT not there), 1 known now (look again),
+ * -ENOENT nothing to read (not shared, a name against the rules, past the rate). */
+int auth_catch_up_user_async(struct auth *a, const char *name, auth_done_fn *done, void *ctx);
 /* Before a request is refused (403, or 404 for an org or space this copy does not hold) on a
  * shared store: whether users, roles, orgs, spaces or quotas changed through another skiffd
  * since this copy was read, which the change feed may not have told yet (a few ms). The
@@ -229,6 +254,9 @@ uint64_t auth_catch_up_refused(const struct auth *a);
 /* Before a login: the user's record is read again (one read), and everything reloaded when its
  * password changed or it was deleted through another skiffd. 0, or -EIO. */
 int auth_user_reread(struct auth *a, const char *guid);
+/* The same with the read queued on the store's writer: done(ctx, rc) once made (during the
+ * call when there is nothing to read: not shared, or no such user here). */
+void auth_user_reread_async(struct auth *a, const char *guid, auth_done_fn *done, void *ctx);
 
 /* ---- passwords (any thread) ---------------------------------------------------------------- */
 
@@ -245,6 +273,9 @@ const struct auth_user *auth_user_find(const struct auth *a, const char *name_or
 /* password_hash from auth_password_hash. */
 int auth_user_create(struct auth *a, const char *name, const char *password_hash, bool admin,
                      const struct auth_user **out);
+/* auth_user_create with its claim and writes queued (above, "writes"). */
+int auth_user_create_async(struct auth *a, const char *name, const char *password_hash, bool admin,
+                           auth_made_fn *done, void *ctx);
 /* Also ends the user's roles and tokens. */
 int auth_user_delete(struct auth *a, const char *guid);
 /* Sets a new hash and ends every token of the user except keep_token_guid (may be NULL). */
@@ -264,6 +295,11 @@ const struct auth_space *auth_space_get(const struct auth *a, const char *guid);
 /* "ORG/SPACE" or a space guid. */
 const struct auth_space *auth_space_resolve(const struct auth *a, const char *ref);
 int auth_org_create(struct auth *a, const char *name, const struct auth_org **out);
+/* auth_org_create and auth_space_create with their claims and writes queued (above,
+ * "writes"): done gets the guid (auth_org_find, auth_space_get). */
+int auth_org_create_async(struct auth *a, const char *name, auth_made_fn *done, void *ctx);
+int auth_space_create_async(struct auth *a, const char *org_guid, const char *name,
+                            auth_made_fn *done, void *ctx);
 /* The caller has checked that no app lives in it; its spaces and roles go too. */
 int auth_org_delete(struct auth *a, const char *guid);
 int auth_space_create(struct auth *a, const char *org_guid, const char *name,
@@ -280,6 +316,8 @@ void auth_space_each(const struct auth *a, const char *org_guid,
 const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_or_guid);
 /* Creates (q->guid "" or unknown) or replaces a plan by guid; -EEXIST a name taken. */
 int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out);
+/* The same with its claim (a new name) and writes queued: done gets the guid. */
+int auth_quota_put_async(struct auth *a, const struct auth_quota *q, auth_made_fn *done, void *ctx);
 /* Also takes it from every org and space that had it. */
 int auth_quota_delete(struct auth *a, const char *guid);
 void auth_quota_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_quota *q),
@@ -324,10 +362,23 @@ int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEX
  * unknown, ended or expired. The user's guid is written into user_guid. */
 int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_GUID_LEN + 1],
                  char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX]);
+/* auth_refresh with the token's deletion (which decides whether it is still good: once,
+ * whichever skiffd takes it), the new pair's writes, and on a miss its keyed read in the
+ * store, all queued: done(ctx, rc, user_guid, access, refresh) (valid during the call) with 0,
+ * -ENOENT (unknown, used, ended, expired) or -EIO. A call that returns an error never calls
+ * done. */
+typedef void auth_refresh_fn(void *ctx, int rc, const char *user_guid, const char *access,
+                             const char *refresh);
+int auth_refresh_async(struct auth *a, const char *refresh_token, auth_refresh_fn *done, void *ctx);
 /* An API token; space_guid NULL and role -1 for one acting as the user; expires_at 0: never. */
 int auth_token_create(struct auth *a, const char *user_guid, const char *name,
                       const char *space_guid, int role, int64_t expires_at,
                       char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out);
+/* auth_token_create with its claim and writes queued; text (the caller's, alive until done is
+ * called) gets the token once it is made. */
+int auth_token_create_async(struct auth *a, const char *user_guid, const char *name,
+                            const char *space_guid, int role, int64_t expires_at,
+                            char text[AUTH_TOKEN_TEXT_MAX], auth_made_fn *done, void *ctx);
 /* Ends a token by guid (any kind), or by text (the token itself). */
 int auth_token_revoke(struct auth *a, const char *guid);
 int auth_token_revoke_text(struct auth *a, const char *text);
@@ -341,6 +392,15 @@ void auth_token_each(const struct auth *a, const char *user_guid,
 /* A bearer token of a user (access or API token) → principal. -ENOENT for anything else
  * (unknown, ended, expired, a refresh token, its user gone). */
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out);
+/* The same from this copy alone, never reading the store (a miss is -ENOENT). */
+int auth_authenticate_cached(struct auth *a, const char *token, struct auth_principal *out);
+/* After a miss of auth_authenticate_cached on a shared store: the keyed read for the token
+ * (auth_authenticate's catch-up) queued on the store's writer. 0: queued, done(ctx, rc) once
+ * it is made (0: the store held it and this copy was read again: authenticate again;
+ * -ENOENT); 1: known now (news of auth's documents read the copy again: authenticate again);
+ * -ENOENT: nothing to read (not shared, not a bearer token, or past the 50 reads a second). */
+int auth_authenticate_lookup_async(struct auth *a, const char *token, auth_done_fn *done,
+                                   void *ctx);
 
 /* ---- decisions ----------------------------------------------------------------------------- */
 

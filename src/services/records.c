@@ -85,20 +85,69 @@ bool services_name_valid(const char *name)
 
 /* ---- records ------------------------------------------------------------------------------ */
 
-int services_put(struct services *s, const char *kind, const json_t *rec)
+int services_put_async(struct services *s, const char *kind, const json_t *rec, store_done_fn *done,
+                       void *ctx)
 {
     const char *guid = json_string_value(json_object_get(rec, "guid"));
     if (!guid)
         return -EINVAL;
     char *text = json_dumps(rec, JSON_COMPACT);
-    int rc = store_doc_put(s->store, kind, guid, text);
+    int rc = store_doc_put_async(s->store, kind, guid, text, done, ctx);
     free(text);
     return rc;
 }
 
+int services_delete_async(struct services *s, const char *kind, const char *guid,
+                          store_done_fn *done, void *ctx)
+{
+    return store_doc_delete_async(s->store, kind, guid, done, ctx);
+}
+
+struct services_reading {
+    services_rec_fn *done;
+    void *ctx;
+};
+
+static void services__read(void *ctx, int rc, const char *json)
+{
+    struct services_reading *r = ctx;
+    json_t *rec = rc == 0 ? json_loads(json, 0, NULL) : NULL;
+    if (rec && !json_is_object(rec)) {
+        json_decref(rec);
+        rec = NULL;
+    }
+    r->done(r->ctx, rec);
+    free(r);
+}
+
+int services_get_stored_async(struct services *s, const char *kind, const char *guid,
+                              services_rec_fn *done, void *ctx)
+{
+    struct services_reading *r = xcalloc(1, sizeof *r);
+    r->done = done;
+    r->ctx = ctx;
+    int rc = store_doc_get_fresh_async(s->store, kind, guid, services__read, r);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
+/* A write no one waits for: the store logged a refusal, and reads show the record as the
+ * server has it again. */
+static void services__unheard(void *ctx, int rc)
+{
+    (void)ctx;
+    (void)rc;
+}
+
+int services_put(struct services *s, const char *kind, const json_t *rec)
+{
+    return services_put_async(s, kind, rec, services__unheard, NULL);
+}
+
 int services_delete(struct services *s, const char *kind, const char *guid)
 {
-    return store_doc_delete(s->store, kind, guid);
+    return services_delete_async(s, kind, guid, services__unheard, NULL);
 }
 
 json_t *services_get(struct services *s, const char *kind, const char *guid)

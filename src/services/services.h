@@ -34,6 +34,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "store/store.h"
+
 struct store;
 struct services;
 
@@ -55,9 +57,25 @@ bool services_name_valid(const char *name);
 
 /* ---- records ------------------------------------------------------------------------------ */
 
-/* Stores rec (a JSON object with a "guid") under kind, replacing the one of that guid. */
+/* Stores rec (a JSON object with a "guid") under kind, replacing the one of that guid. The
+ * write is queued on the store's writer (store_doc_put_async), never waited for on the
+ * caller's thread: reads see it at once, and done(ctx, rc) hears how it went (0, -EIO), from
+ * store_async_reap (on SQLite before the call returns). An answer to a client is sent from
+ * done. -EINVAL (no guid) or a write that cannot be queued: done is not called. */
+int services_put_async(struct services *s, const char *kind, const json_t *rec, store_done_fn *done,
+                       void *ctx);
+int services_delete_async(struct services *s, const char *kind, const char *guid,
+                          store_done_fn *done, void *ctx);
+/* The same for a write no one waits for (a broker operation's bookkeeping): 0 once queued; a
+ * refusal is logged by the store. */
 int services_put(struct services *s, const char *kind, const json_t *rec);
 int services_delete(struct services *s, const char *kind, const char *guid);
+/* The record of that guid as the store holds it once the writes queued before this call are
+ * made (store_doc_get_fresh_async): done(ctx, rec) with the record (the callback's) or NULL
+ * (absent, or the store failed). A call that returns an error never calls done. */
+typedef void services_rec_fn(void *ctx, json_t *rec);
+int services_get_stored_async(struct services *s, const char *kind, const char *guid,
+                              services_rec_fn *done, void *ctx);
 /* The record of that guid, or NULL (absent or the store failed). */
 json_t *services_get(struct services *s, const char *kind, const char *guid);
 /* Every record of kind whose field equals value (field NULL: all), in creation order;

@@ -682,6 +682,7 @@ void store_write_free(struct store_write *w)
     free(w->kind);
     free(w->id);
     free(w->json);
+    free(w->expected);
     free(w->ev.type);
     free(w->ev.actor);
     free(w->ev.actor_guid);
@@ -789,9 +790,10 @@ static bool store__domain_write_name(const struct store_write *w, char *buf, siz
 void store_write_name(const struct store_write *w, char *buf, size_t size)
 {
     static const char *const verbs[] = {
-        [STORE_WRITE_DOC_PUT] = "put",       [STORE_WRITE_DOC_DELETE] = "delete",
-        [STORE_WRITE_DOC_CREATE] = "create", [STORE_WRITE_DOC_UPDATE] = "update",
-        [STORE_WRITE_AUDIT] = "add",         [STORE_READ_BLOB_REFS] = "read"};
+        [STORE_WRITE_DOC_PUT] = "put",         [STORE_WRITE_DOC_DELETE] = "delete",
+        [STORE_WRITE_DOC_CREATE] = "create",   [STORE_WRITE_DOC_UPDATE] = "update",
+        [STORE_WRITE_AUDIT] = "add",           [STORE_READ_BLOB_REFS] = "read",
+        [STORE_WRITE_DOC_REPLACE] = "replace", [STORE_READ_DOC_FRESH] = "read"};
     if (w->op == STORE_READ_BLOB_REFS)
         snprintf(buf, size, "read of the blobs packages and droplets name");
     else if (w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE)
@@ -872,6 +874,9 @@ void store_write_report(struct store_write *w)
             w->done_refs(w->ctx, w->rc, refs);
         else
             store_strv_free(refs);
+    } else if (w->op == STORE_READ_DOC_FRESH) {
+        if (w->done_doc)
+            w->done_doc(w->ctx, w->rc, w->rc == 0 ? w->json : NULL);
     } else if (w->done) {
         w->done(w->ctx, w->rc);
     }
@@ -965,6 +970,14 @@ static int store__write_now(struct store *st, struct store_write *w)
     case STORE_READ_CERT_CHAINS:
     case STORE_READ_AUDIT:
         rc = store__domain_write_now(st, w);
+        break;
+    case STORE_WRITE_DOC_REPLACE:
+        rc = st->ops->doc_replace(st->backend, w->kind, w->id, w->expected, w->json);
+        break;
+    case STORE_READ_DOC_FRESH:
+        free(w->json);
+        w->json = NULL;
+        rc = store_doc_get_fresh(st, w->kind, w->id, &w->json);
         break;
     }
     w->rc = rc;
@@ -1383,6 +1396,24 @@ int store_domain_cert_delete_async(struct store *st, const char *domain, store_d
         st, store_write_domain(STORE_WRITE_CERT_DELETE, domain, NULL, NULL, NULL, done, ctx));
 }
 
+/* ---- documents: create, replace, fresh reads off the caller's thread ----------------------- */
+
+struct store_write *store_write_doc_replace(const char *kind, const char *id, const char *expected,
+                                            const char *json, store_done_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_DOC_REPLACE, kind, id, json, done, ctx);
+    w->expected = xstrdup(expected);
+    return w;
+}
+
+struct store_write *store_write_doc_fresh(const char *kind, const char *id, store_doc_fn *done,
+                                          void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_DOC_FRESH, kind, id, NULL, NULL, ctx);
+    w->done_doc = done;
+    return w;
+}
+
 int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
                            store_done_fn *done, void *ctx)
 {
@@ -1414,4 +1445,16 @@ int store_audit_list_async(struct store *st, const char *space_guid, const char 
                                           .limit = limit};
     w->done_audit = done;
     return store__queue(st, w);
+}
+
+int store_doc_replace_async(struct store *st, const char *kind, const char *id,
+                            const char *expected, const char *json, store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_doc_replace(kind, id, expected, json, done, ctx));
+}
+
+int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id,
+                              store_doc_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_doc_fresh(kind, id, done, ctx));
 }

@@ -595,4 +595,20 @@ int store_audit_list_async(struct store *st, const char *space_guid, const char 
                            const char *target, int64_t before_id, size_t limit,
                            store_audit_fn *done, void *ctx);
 
+/* Documents: replace, fresh reads */
+/* store_doc_replace through the writer, in turn with the others, done(ctx, rc) getting what
+ * the synchronous call would have returned (-ESTALE the body is no longer expected).
+ * store_doc_get and store_doc_each show the document as replaced at once, unless what this
+ * store knows (its queue, its copy) says the server will refuse it (a body other than
+ * expected). One shown and then refused (another writer came first) is read from the server
+ * again. */
+int store_doc_replace_async(struct store *st, const char *kind, const char *id,
+                            const char *expected, const char *json, store_done_fn *done, void *ctx);
+/* store_doc_get_fresh off the caller's thread, after the writes queued before it (so it sees
+ * them): done(ctx, rc, json) with 0 and the body (valid during the call only), -ENOENT, or
+ * -EIO. */
+typedef void store_doc_fn(void *ctx, int rc, const char *json);
+int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id,
+                              store_doc_fn *done, void *ctx);
+
 #endif

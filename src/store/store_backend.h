@@ -61,10 +61,17 @@ enum store_write_op {
     STORE_WRITE_CERT_DELETE,
     STORE_READ_CERT_CHAINS,
     STORE_READ_AUDIT,
+    STORE_WRITE_DOC_REPLACE, /* store_doc_replace(_async): kind, id, expected, json */
+    STORE_READ_DOC_FRESH,    /* store_doc_get_fresh_async: kind, id; json gets what was read */
 };
 struct store_write {
     enum store_write_op op;
     char *kind, *id, *json;      /* documents */
+    char *expected;              /* STORE_WRITE_DOC_REPLACE: the body it replaces */
+    /* STORE_WRITE_DOC_CREATE and _REPLACE: whether reads see it as made while it is queued
+     * (false when what this store knows says it will be refused) */
+    bool shown;
+    store_doc_fn *done_doc;      /* STORE_READ_DOC_FRESH */
     struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */
     store_done_fn *done;
     store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
@@ -118,7 +125,12 @@ struct store_write *store_write_droplet(const struct store_droplet *drop, store_
 struct store_write *store_write_prune(const char *app_guid, const char *keep_package,
                                       const char *keep_droplet, store_refs_fn *done, void *ctx);
 void store_write_free(struct store_write *w);
-/* Calls w's callback with its outcome (a read's list, package or app passed on). */
+/* A document's replace or fresh read, with their copies. */
+struct store_write *store_write_doc_replace(const char *kind, const char *id, const char *expected,
+                                            const char *json, store_done_fn *done, void *ctx);
+struct store_write *store_write_doc_fresh(const char *kind, const char *id, store_doc_fn *done,
+                                          void *ctx);
+/* Calls w's callback with its outcome (a read's list passed on). */
 void store_write_report(struct store_write *w);
 /* A domain's or certificate's write (STORE_WRITE_DOMAIN_*, STORE_WRITE_CERT_*), with copies. */
 struct store_write *store_write_domain(enum store_write_op op, const char *domain,

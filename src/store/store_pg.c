@@ -3047,9 +3047,8 @@ struct pg_replace_args {
     const char *kind, *id, *expected, *json;
 };
 
-static int pg__doc_replace_now(struct store_backend *b, void *arg)
+static int pg__doc_replace_now(struct store_backend *b, const struct pg_replace_args *a)
 {
-    const struct pg_replace_args *a = arg;
     struct pg_num at;
     const char *v[] = {a->kind, a->id, a->json, pg__num(&at, time_now_ms()), a->expected};
     int rc = pg__write(b,
@@ -3059,14 +3058,13 @@ static int pg__doc_replace_now(struct store_backend *b, void *arg)
     return rc == -ENOENT ? -ESTALE : rc;
 }
 
+static int pg__await(struct store_backend *b, struct store_write *w);
+
+/* Through the writer's queue, as store_doc_replace_async. */
 static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
                            const char *expected, const char *json)
 {
-    struct pg_replace_args a = {.kind = kind, .id = id, .expected = expected, .json = json};
-    int rc = pg__call(b, "replace of a document", pg__doc_replace_now, &a);
-    /* conditional: the copy, whichever the outcome, is read again next */
-    pg__doc_cache_forget(b, kind, id);
-    return rc;
+    return pg__await(b, store_write_doc_replace(kind, id, expected, json, NULL, NULL));
 }
 
 /* The rows are all read before fn is called, so fn may call the store. */
@@ -3164,6 +3162,15 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__app_get_query(wb, w->id, &w->app);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
+    case STORE_WRITE_DOC_REPLACE: {
+        struct pg_replace_args a = {
+            .kind = w->kind, .id = w->id, .expected = w->expected, .json = w->json};
+        return pg__doc_replace_now(wb, &a);
+    }
+    case STORE_READ_DOC_FRESH:
+        free(w->json); /* a try before a lost connection */
+        w->json = NULL;
+        return pg__doc_get_query(wb, w->kind, w->id, &w->json);
     case STORE_WRITE_DOMAIN_ADD:
     case STORE_WRITE_DOMAIN_DELETE:
     case STORE_WRITE_CERT_SET:
@@ -3386,7 +3393,8 @@ static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
 static bool pg__is_doc_write(const struct store_write *w)
 {
     return w->op == STORE_WRITE_DOC_PUT || w->op == STORE_WRITE_DOC_DELETE ||
-           w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE;
+           w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
+           w->op == STORE_WRITE_DOC_REPLACE;
 }
 
 static bool pg__is_app_write(const struct store_write *w)
@@ -3504,13 +3512,57 @@ static void pg__doc_cache_queued_if(struct store_backend *b, const struct store_
         pg__doc_cache_set(b, w->kind, w->id, w->json);
 }
 
-/* A write as it is queued: the cache holds what it will make (put, delete; a create or an
- * update where it knows what they will make) or forgets (an app write's copy is taken
- * before, pg__app_copy). */
+struct pg_pending;
+static size_t pg__pending(struct store_backend *b, const char *kind, const char *id,
+                          struct pg_pending **out);
+static bool pg__pending_outcome(const struct pg_pending *p, size_t np, char **json);
+static void pg__pending_free(struct pg_pending *v, size_t n);
+
+/* Whether reads should see a replace as made while it is queued (w->shown): unless what this
+ * store knows of the document (the writes queued before it, then the copy) says the server
+ * will refuse it (a body other than expected). Not known here: shown; one refused after all
+ * is read from the server again. */
+static bool pg__doc_will_land(struct store_backend *b, const struct store_write *w)
+{
+    struct pg_pending *p = NULL;
+    char *json = NULL;
+    size_t np = pg__pending(b, w->kind, w->id, &p);
+    bool known = pg__pending_outcome(p, np, &json);
+    pg__pending_free(p, np);
+    if (!np && pg__doc_cache_on(b)) {
+        struct pg_doc *d = pg__doc_cached(b, w->kind, w->id);
+        known = d || pg__doc_kind_full(b, w->kind);
+        json = d && d->json ? xstrdup(d->json) : NULL;
+    }
+    bool lands = !known || (json && !strcmp(json, w->expected));
+    free(json);
+    return lands;
+}
+
+/* A fresh read made: a copy that did not hold what the server holds is dropped whole (another
+ * writer's news is on its way); what was read is not kept. */
+static void pg__doc_fresh_seen(struct store_backend *b, const char *kind, const char *id, int rc,
+                               const char *json)
+{
+    if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
+        return;
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    bool known = d || pg__doc_kind_full(b, kind);
+    const char *had = d ? d->json : NULL;
+    bool same = rc == 0 ? had && !strcmp(had, json) : !had;
+    if (!same && (rc == 0 || known))
+        pg__doc_cache_clear(b);
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete, a replace shown;
+ * a create or an update where it knows what they will make) or forgets (an app write's copy
+ * is taken before, pg__app_copy). */
 static void pg__cache_queued(struct store_backend *b, const struct store_write *w)
 {
-    if (w->op == STORE_WRITE_DOC_PUT)
+    if (w->op == STORE_WRITE_DOC_PUT || (w->op == STORE_WRITE_DOC_REPLACE && w->shown))
         pg__doc_cache_set(b, w->kind, w->id, w->json);
+    else if (w->op == STORE_WRITE_DOC_REPLACE)
+        pg__doc_cache_forget(b, w->kind, w->id);
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
     else if (pg__is_doc_write(w))
@@ -3640,9 +3692,14 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__app_finished(b, w);
         return;
     }
+    if (w->op == STORE_READ_DOC_FRESH) {
+        pg__doc_fresh_seen(b, w->kind, w->id, w->rc, w->json);
+        return;
+    }
     if (!pg__is_doc_write(w))
         return;
-    if (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT))
+    if ((w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)) ||
+        (w->op == STORE_WRITE_DOC_REPLACE && !w->shown))
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
@@ -3682,6 +3739,8 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         store_write_free(w);
         return 0;
     }
+    if (w->op == STORE_WRITE_DOC_REPLACE)
+        w->shown = pg__doc_will_land(b, w);
     if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
         copy = pg__app_copy(w);
@@ -3981,13 +4040,17 @@ struct pg_pending {
 static void pg__pending_add(struct pg_pending *p, const struct store_write *w)
 {
     switch (w->op) {
+    case STORE_WRITE_DOC_REPLACE: /* shown: as a put (not shown: as if not there) */
+        if (!w->shown)
+            break;
+        /* fall through */
     case STORE_WRITE_DOC_PUT:
     case STORE_WRITE_DOC_DELETE:
         free(p->json);
         free(p->absent);
-        p->there = w->op == STORE_WRITE_DOC_PUT ? PG_SET : PG_DEL;
-        p->json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
-        p->absent = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+        p->there = w->op == STORE_WRITE_DOC_DELETE ? PG_DEL : PG_SET;
+        p->json = w->op == STORE_WRITE_DOC_DELETE ? NULL : xstrdup(w->json);
+        p->absent = w->op == STORE_WRITE_DOC_DELETE ? NULL : xstrdup(w->json);
         break;
     case STORE_WRITE_DOC_UPDATE:
         if (p->there != PG_DEL) {
@@ -4018,6 +4081,17 @@ static bool pg__pending_known(const struct pg_pending *p)
 {
     return (p->there == PG_SET && p->absent && !strcmp(p->json, p->absent)) ||
            (p->there == PG_DEL && !p->absent);
+}
+
+/* Whether the queued writes p (np of them, for one id) make the same whatever was there: then
+ * true and *json gets it (a copy; NULL: none). */
+static bool pg__pending_outcome(const struct pg_pending *p, size_t np, char **json)
+{
+    *json = NULL;
+    if (!np || !pg__pending_known(p))
+        return false;
+    *json = p->json ? xstrdup(p->json) : NULL;
+    return true;
 }
 
 /* The outcome over base (the document before the writes, or NULL for none), into json. */
@@ -4128,14 +4202,7 @@ static int pg__doc_get_fresh(struct store_backend *b, const char *kind, const ch
     if (np) /* writes of it are queued here: read as store_doc_get reads it */
         return pg__doc_get(b, kind, id, json);
     int rc = pg__doc_get_query(b, kind, id, json);
-    if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
-        return rc;
-    struct pg_doc *d = pg__doc_cached(b, kind, id);
-    bool known = d || pg__doc_kind_full(b, kind);
-    const char *had = d ? d->json : NULL;
-    bool same = rc == 0 ? had && !strcmp(had, *json) : !had;
-    if (!same && (rc == 0 || known))
-        pg__doc_cache_clear(b);
+    pg__doc_fresh_seen(b, kind, id, rc, rc == 0 ? *json : NULL);
     return rc;
 }
 

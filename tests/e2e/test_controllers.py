@@ -5,6 +5,7 @@ LEADER_BOUND_S; `skiff cells` lists every skiffd from its heartbeats.
 Each skiffd has its own home and ports. They run instances as host processes (--isolation
 process) so that two of them on one machine do not share a container network; a droplet
 whose folder is not on a skiffd's host comes from the blob store (tests/e2e/test_blobs.py)."""
+import json
 import os
 import signal
 import threading
@@ -433,3 +434,27 @@ def test_one_name_made_through_two_skiffds_at_once_is_made_once(pair):
     wait_for(lambda: b.api("POST", "/v1/users", {"name": "race-user-0",
                                                  "password": "a password ok"})[0] == 201, 5,
              "the name of a deleted user to be free again")
+
+
+def test_a_made_up_token_is_looked_for_off_the_loop_and_its_body_not_taken(pair):
+    """A bearer token the copy lacks is looked for in the store (queued) before the request
+    is decided: a made-up one is refused 401 whatever it asks; meanwhile the request may carry
+    a small body only, so a client sending made-up tokens with large bodies has none read
+    (413), and a token made through the other controller a moment ago works (its body small)."""
+    a, b = pair
+    made_up = "skiffa_" + "A" * 43
+    for method, path in (("GET", "/v1/orgs"), ("GET", "/v1/apps"), ("DELETE", "/v1/users/admin")):
+        status, body = a.api(method, path, token=made_up)
+        assert status == 401, (method, path, body)
+    status, body = a.api("POST", "/v1/apps", {"name": "x" * 200}, token=made_up)
+    assert status == 401, body
+    big = json.dumps({"name": "big", "env": {"PAD": "x" * (64 << 10)}}).encode()
+    status, body = a.api("POST", "/v1/apps", token=made_up, raw=big,
+                         headers={"Content-Type": "application/json"})
+    assert status == 413, body
+    assert b.api("POST", "/v1/users", {"name": "dev9", "password": "correct horse battery"})[0] == 201
+    status, tok = login(b, "dev9", "correct horse battery")
+    assert status == 200, tok
+    status, body = a.api("GET", "/v1/auth/me", token=tok["access_token"])
+    assert status == 200 and body["user"]["name"] == "dev9", body
+    assert "Sanitizer" not in a.output() and "runtime error" not in a.output(), a.output()

@@ -441,3 +441,76 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
     finally:
         resume(pids)
         p.close()
+
+
+def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the_api_does_not(
+        pg_dir):
+    """A login, a token refresh, a role given and a label set while the server is stopped:
+    each request waits for its writes (the session's tokens, the used refresh token's
+    deletion, the role's record, the app's metadata), which the store's writer makes once the
+    server answers again; the other API calls are answered meanwhile, and already show the
+    role and the label."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        status, body = p.api("POST", "/v1/users", {"name": "dev1",
+                                                   "password": "correct horse battery"})
+        assert status == 201, body
+        status, first = p.api("POST", "/v1/auth/token", {
+            "grant_type": "password", "username": "dev1", "password": "correct horse battery"},
+            token=False)
+        assert status == 200, first
+        status, body = p.api("POST", "/v1/apps", {"name": "labelled"})
+        assert status == 201, body
+        status, meta = p.api("GET", "/v1/apps/labelled/metadata")
+        assert status == 200 and meta["labels"] == {}, meta
+
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, meta = get("/v1/apps/labelled/metadata")
+            assert status == 200, meta
+            status, users = get("/v1/orgs/default/spaces/dev/users")
+            assert status == 200, users
+            return (meta["labels"] == {"tier": "paused"} and
+                    "SpaceAuditor" in json.dumps(users))
+
+        answers, calls = writes_while_paused(
+            p, pids, [("login", "POST", "/v1/auth/token",
+                       {"grant_type": "password", "username": "dev1",
+                        "password": "correct horse battery"}),
+                      ("refresh", "POST", "/v1/auth/token",
+                       {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}),
+                      ("role", "PUT", "/v1/orgs/default/spaces/dev/users/dev1/roles/SpaceAuditor"),
+                      ("label", "PATCH", "/v1/apps/labelled/metadata",
+                       {"labels": {"tier": "paused"}})],
+            seen_in)
+        assert queued_writes(p) >= 3
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["login"][0][0] == 200, answers
+        assert answers["refresh"][0][0] == 200, answers
+        assert answers["role"][0][0] == 204, answers
+        assert answers["label"][0][0] == 200, answers
+        assert answers["label"][0][1]["labels"] == {"tier": "paused"}, answers
+        # the tokens the login and the refresh gave work, and the used refresh token is spent
+        for key in ("login", "refresh"):
+            token = answers[key][0][1]["access_token"]
+            status, me = p.api("GET", "/v1/auth/me", token=token)
+            assert status == 200 and me["user"]["name"] == "dev1", me
+        status, again = p.api("POST", "/v1/auth/token", {
+            "grant_type": "refresh_token", "refresh_token": first["refresh_token"]}, token=False)
+        assert status == 401, again
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT body FROM documents WHERE kind = 'metadata.app'") != []
+        assert any("SpaceAuditor" in r for r in
+                   db_rows(url, "SELECT id FROM documents WHERE kind = 'auth.role'"))
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()

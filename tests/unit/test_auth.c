@@ -493,6 +493,7 @@ static void test_a_miss_is_read_fresh_when_the_feed_told_only_of_older_writes(vo
         assert_int_equal(auth_user_create(a, names[round], hash, false, &u), 0);
         char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
         assert_int_equal(auth_login(a, u->guid, access, refresh), 0);
+        assert_int_equal(auth_wait(a), 0); /* made with the triggers off */
         pg_throwaway_sql(url, "ALTER TABLE documents ENABLE TRIGGER USER");
         if (round == 0) { /* the token first */
             struct auth_principal p;
@@ -542,6 +543,7 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     assert_int_equal(auth_org_create(a, "acme", &o), 0);
     char org[AUTH_GUID_LEN + 1];
     snprintf(org, sizeof org, "%s", o->guid);
+    assert_int_equal(auth_wait(a), 0);     /* its writes made */
     assert_int_equal(auth_catch_up(b), 1); /* b knows the user and the org */
     struct auth_principal p = {.kind = AUTH_USER, .space_role = -1};
     snprintf(p.user_guid, sizeof p.user_guid, "%s", dev);
@@ -554,6 +556,7 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     char space[AUTH_GUID_LEN + 1];
     snprintf(space, sizeof space, "%s", sp->guid);
     assert_int_equal(auth_role_set(a, dev, org, space, AUTH_ROLE_SPACE_DEVELOPER), 0);
+    assert_int_equal(auth_wait(a), 0); /* its writes made, with the triggers still off */
     pg_throwaway_sql(url, "ALTER TABLE documents ENABLE TRIGGER USER");
     assert_null(auth_space_find(b, org, "prod"));
     assert_int_not_equal(auth_check(b, &p, AUTH_PERM_SPACE_DEVELOP, org, space), 0);
@@ -564,8 +567,10 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     /* b's own change moved the record: no reason to read everything again */
     assert_int_equal(auth_org_create(b, "mine", NULL), 0);
     assert_false(auth_catch_up_denied(b));
+    assert_int_equal(auth_wait(b), 0);
     /* another's after it is */
     assert_int_equal(auth_org_create(a, "theirs", NULL), 0);
+    assert_int_equal(auth_wait(a), 0);
     assert_true(auth_catch_up_denied(b));
     assert_non_null(auth_org_find(b, "theirs"));
 
@@ -574,6 +579,177 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     store_close(s2);
     store_close(s1);
     free(url);
+}
+
+/* Two skiffds on one PostgreSQL, shared, both holding the admin and a refresh token made
+ * through a (opened on url). */
+struct two {
+    char *url;
+    struct store *s1, *s2;
+    struct auth *a, *b;
+    char guid[AUTH_GUID_LEN + 1];
+};
+
+static void two_open(struct two *t)
+{
+    t->url = pg_throwaway_database();
+    char err[256] = "";
+    assert_int_equal(store_open(t->url, err, sizeof err, &t->s1), 0);
+    assert_int_equal(store_open(t->url, err, sizeof err, &t->s2), 0);
+    char *pw = NULL;
+    assert_int_equal(auth_open(t->s1, &pw, &t->a), 0);
+    free(pw);
+    assert_int_equal(auth_open(t->s2, &pw, &t->b), 0);
+    assert_null(pw);
+    auth_set_shared(t->a, true);
+    auth_set_shared(t->b, true);
+    snprintf(t->guid, sizeof t->guid, "%s", auth_user_find(t->a, "admin")->guid);
+}
+
+static void two_close(struct two *t)
+{
+    auth_free(t->b);
+    auth_free(t->a);
+    store_close(t->s2);
+    store_close(t->s1);
+    free(t->url);
+}
+
+struct refreshed {
+    bool done;
+    int rc;
+    char access[AUTH_TOKEN_TEXT_MAX];
+};
+
+static void note_refreshed(void *ctx, int rc, const char *user, const char *access,
+                           const char *refresh)
+{
+    (void)user;
+    (void)refresh;
+    struct refreshed *r = ctx;
+    r->done = true;
+    r->rc = rc;
+    if (access)
+        snprintf(r->access, sizeof r->access, "%s", access);
+}
+
+/* Reaps both stores until both flags are set, for at most 20 s. */
+static void reap_both(struct two *t, const bool *x, const bool *y)
+{
+    for (int i = 0; i < 2000 && !(*x && *y); i++) {
+        store_async_reap(t->s1);
+        store_async_reap(t->s2);
+        if (!(*x && *y))
+            usleep(10 * 1000);
+    }
+    assert_true(*x && *y);
+}
+
+/* A refresh token sent to two skiffds at the same moment, both copies holding it, is good
+ * once: the deletion of its record, queued on each, decides, and the loser answers -ENOENT
+ * (no second pair). Sent again to either, it is refused. */
+static void test_a_refresh_token_is_good_once_across_two_stores(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    for (int round = 0; round < 5; round++) {
+        char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+        assert_int_equal(auth_login(t.a, t.guid, access, refresh), 0);
+        assert_int_equal(auth_wait(t.a), 0);
+        assert_int_equal(auth_reload(t.b), 0); /* b's copy holds it too */
+        struct refreshed ra = {0}, rb = {0};
+        /* one first, then the other, and the other way round */
+        struct auth *first = round % 2 ? t.b : t.a, *second = round % 2 ? t.a : t.b;
+        assert_int_equal(auth_refresh_async(first, refresh, note_refreshed, &ra), 0);
+        assert_int_equal(auth_refresh_async(second, refresh, note_refreshed, &rb), 0);
+        reap_both(&t, &ra.done, &rb.done);
+        assert_true((ra.rc == 0) != (rb.rc == 0));
+        assert_int_equal(ra.rc == 0 ? rb.rc : ra.rc, -ENOENT);
+        struct auth_principal p;
+        const char *won = ra.rc == 0 ? ra.access : rb.access;
+        assert_int_equal(auth_authenticate(ra.rc == 0 ? first : second, won, &p), 0);
+        char user[AUTH_GUID_LEN + 1], a2[AUTH_TOKEN_TEXT_MAX], r2[AUTH_TOKEN_TEXT_MAX];
+        assert_int_equal(auth_refresh(t.a, refresh, user, a2, r2), -ENOENT);
+        assert_int_equal(auth_refresh(t.b, refresh, user, a2, r2), -ENOENT);
+    }
+    two_close(&t);
+}
+
+static void note_landed(void *ctx, int rc)
+{
+    struct refreshed *r = ctx;
+    r->done = true;
+    r->rc = rc;
+}
+
+/* A change is in memory at once and its writes queued: auth_landed hears once they are made,
+ * never before (here they wait behind a row another transaction holds), and another skiffd's
+ * fresh read then finds them. */
+static void test_a_change_is_landed_only_once_its_writes_are_made(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    /* a first change writes the generation record */
+    assert_int_equal(auth_role_set(t.a, t.guid, AUTH_DEFAULT_ORG_GUID, NULL, AUTH_ROLE_ORG_AUDITOR),
+                     0);
+    assert_int_equal(auth_wait(t.a), 0);
+    PGconn *hold = PQconnectdb(t.url);
+    assert_int_equal(PQstatus(hold), CONNECTION_OK);
+    PGresult *res = PQexec(hold, "BEGIN; SELECT 1 FROM documents WHERE kind = 'auth.generation'"
+                                 " FOR UPDATE");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    PQclear(res);
+    assert_int_equal(
+        auth_role_set(t.a, t.guid, AUTH_DEFAULT_ORG_GUID, NULL, AUTH_ROLE_BILLING_MANAGER), 0);
+    assert_true(auth_roles_of(t.a, t.guid, AUTH_DEFAULT_ORG_GUID, NULL) &
+                (1u << AUTH_ROLE_BILLING_MANAGER)); /* in memory at once */
+    struct refreshed landed = {0};
+    auth_landed(t.a, note_landed, &landed);
+    for (int i = 0; i < 30; i++) { /* 300 ms: still waiting for the row */
+        store_async_reap(t.s1);
+        usleep(10 * 1000);
+    }
+    assert_false(landed.done);
+    assert_true(store_async_queued(t.s1) > 0);
+    PQclear(PQexec(hold, "ROLLBACK"));
+    PQfinish(hold);
+    bool other = true;
+    reap_both(&t, &landed.done, &other);
+    assert_int_equal(landed.rc, 0);
+    assert_true(auth_catch_up_denied(t.b)); /* the generation moved: b reads everything */
+    assert_true(auth_roles_of(t.b, t.guid, AUTH_DEFAULT_ORG_GUID, NULL) &
+                (1u << AUTH_ROLE_BILLING_MANAGER));
+    /* nothing changed: heard at once */
+    struct refreshed nothing = {0};
+    auth_landed(t.a, note_landed, &nothing);
+    assert_true(nothing.done);
+    two_close(&t);
+}
+
+/* A name's claim goes with its record, through the queue: a user deleted through a (its
+ * claim's read and delete queued, landed with the deletion) may be made again at once
+ * through b, and a made through b is refused through a. */
+static void test_a_deleted_users_name_is_free_again_once_landed(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(t.a, "again", hash, false, &u), 0);
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", u->guid);
+    assert_int_equal(auth_user_delete(t.a, guid), 0);
+    assert_int_equal(auth_wait(t.a), 0);
+    char *claim = NULL;
+    assert_int_equal(store_doc_get_fresh(t.s2, "auth.user.name", "again", &claim), -ENOENT);
+    assert_int_equal(auth_user_create(t.b, "again", hash, false, NULL), 0);
+    assert_int_equal(auth_user_create(t.a, "again", hash, false, NULL), -EEXIST);
+    two_close(&t);
 }
 
 static void test_role_names_round_trip(void **state)
@@ -636,6 +812,9 @@ int main(void)
         cmocka_unit_test(test_catch_up_reads_the_generation_only_on_its_news),
         cmocka_unit_test(test_a_miss_is_read_fresh_when_the_feed_told_only_of_older_writes),
         cmocka_unit_test(test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of),
+        cmocka_unit_test(test_a_refresh_token_is_good_once_across_two_stores),
+        cmocka_unit_test(test_a_change_is_landed_only_once_its_writes_are_made),
+        cmocka_unit_test(test_a_deleted_users_name_is_free_again_once_landed),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("auth on PostgreSQL", pg_tests, pg_throwaway_start,

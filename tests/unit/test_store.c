@@ -1935,6 +1935,125 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     remove_db(path);
 }
 
+/* A fresh read's answer, with its place among the writes (note_done's log). */
+static char *fresh_body;
+
+static void note_fresh(void *ctx, int rc, const char *json)
+{
+    note_done(ctx, rc);
+    free(fresh_body);
+    fresh_body = json ? xstrdup(json) : NULL;
+}
+
+/* Creates, replaces and a fresh read queued with the other writes are made and reported in
+ * the order asked for; while they wait (the row held on PostgreSQL), reads see a create or
+ * a replace as made unless what the store knows says it will be refused (an id present, a
+ * body other than expected); the fresh read sees the writes queued before it. */
+static void test_queued_creates_replaces_and_fresh_reads_land_in_order(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(
+        store_doc_create_async(st, "k", "n", "{\"n\":1}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(
+        store_doc_create_async(st, "k", "a", "{\"x\":1}", note_done, done_tag(&log, 2)), 0);
+    char *json = doc_body(st, "k", "n");
+    assert_string_equal(json, "{\"n\":1}");
+    free(json);
+    json = doc_body(st, "k", "a"); /* the create of a present id is not shown */
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    assert_int_equal(store_doc_replace_async(st, "k", "a", "{\"v\":1}", "{\"v\":2}", note_done,
+                                             done_tag(&log, 3)),
+                     0);
+    json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    /* expects what the first replace replaced: refused, not shown */
+    assert_int_equal(store_doc_replace_async(st, "k", "a", "{\"v\":1}", "{\"v\":9}", note_done,
+                                             done_tag(&log, 4)),
+                     0);
+    json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    assert_int_equal(store_doc_get_fresh_async(st, "k", "a", note_fresh, done_tag(&log, 5)), 0);
+    struct doc_ids ids = {""};
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,n");
+    if (hold) {
+        assert_int_equal(store_async_queued(st), 6); /* all wait behind the held row */
+        assert_int_equal(log.n, 0);
+        hold_release(hold);
+    }
+    reap_until(st, &log, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(log.order[i], i);
+    assert_int_equal(log.rc[0], 0);
+    assert_int_equal(log.rc[1], 0);
+    assert_int_equal(log.rc[2], -EEXIST);
+    assert_int_equal(log.rc[3], 0);
+    assert_int_equal(log.rc[4], -ESTALE);
+    assert_int_equal(log.rc[5], 0);
+    assert_string_equal(fresh_body, "{\"v\":2}");
+    free(fresh_body);
+    fresh_body = NULL;
+    struct done_log absent = {0};
+    assert_int_equal(store_doc_get_fresh_async(st, "k", "none", note_fresh, done_tag(&absent, 0)),
+                     0);
+    reap_until(st, &absent, 1);
+    assert_int_equal(absent.rc[0], -ENOENT);
+    assert_null(fresh_body);
+    store_close(st);
+    st = open_ok(path);
+    json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    json = doc_body(st, "k", "n");
+    assert_string_equal(json, "{\"n\":1}");
+    free(json);
+    store_close(st);
+    remove_db(path);
+}
+
+/* A queued create or replace that another store's write made wrong is refused through its
+ * callback (-EEXIST, -ESTALE), and what is read afterwards is the other store's. */
+static void test_a_queued_create_or_replace_another_store_beat_is_refused(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "r", "{\"v\":0}"), 0);
+    char *json = doc_body(st, "k", "r"); /* this store's copy holds it */
+    assert_string_equal(json, "{\"v\":0}");
+    free(json);
+    assert_int_equal(store_doc_create(other, "k", "c", "{\"by\":\"other\"}"), 0);
+    assert_int_equal(store_doc_replace(other, "k", "r", "{\"v\":0}", "{\"by\":\"other\"}"), 0);
+    struct done_log log = {0};
+    assert_int_equal(
+        store_doc_create_async(st, "k", "c", "{\"by\":\"me\"}", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_replace_async(st, "k", "r", "{\"v\":0}", "{\"by\":\"me\"}",
+                                             note_done, done_tag(&log, 1)),
+                     0);
+    reap_until(st, &log, 2);
+    assert_int_equal(log.rc[0], -EEXIST);
+    assert_int_equal(log.rc[1], -ESTALE);
+    json = doc_body(st, "k", "c");
+    assert_string_equal(json, "{\"by\":\"other\"}");
+    free(json);
+    json = doc_body(st, "k", "r");
+    assert_string_equal(json, "{\"by\":\"other\"}");
+    free(json);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 static int web_instances(const struct store_app *app)
 {
     const struct store_process *p = store_app_process(app, "web");
@@ -3357,6 +3476,8 @@ test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(
         cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced),              \
         cmocka_unit_test(test_queued_writes_land_in_order_and_are_read_at_once),                   \
+        cmocka_unit_test(test_queued_creates_replaces_and_fresh_reads_land_in_order),              \
+        cmocka_unit_test(test_a_queued_create_or_replace_another_store_beat_is_refused),           \
         cmocka_unit_test(test_a_synchronous_write_never_overtakes_a_queued_one),                   \
         cmocka_unit_test(test_queued_app_writes_land_in_order_and_are_read_at_once),               \
         cmocka_unit_test(test_a_refused_queued_app_write_is_reported_through_its_callback),        \
@@ -3377,7 +3498,7 @@ test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(
             test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once),      \
         cmocka_unit_test(test_queued_reads_of_packages_and_apps_answer_in_turn),                   \
         cmocka_unit_test(test_writes_past_the_queue_bound_are_refused_at_once),                    \
-        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write), \
+        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write),                      \
         cmocka_unit_test(                                                                          \
             test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once),         \
         cmocka_unit_test(                                                                          \
