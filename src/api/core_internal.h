@@ -61,9 +61,6 @@ struct store_app *api_core__app_named(struct api_core *core, struct api_request 
                                       const char *name);
 /* The same for the app named in the path (param 0). */
 struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
-/* store_app_update of an app the request read; false after answering: 409 naming the app
- * when another writer changed it since (compare-and-swap, store.h), else 500 with what
- * could not be stored. */
 /* Called once a request's app write is made: req NULL when it was refused (the request is
  * answered already: 409, or 500 naming what), then only to free ctx. app is the app as
  * written (the write's; copy what must outlive the call). */
@@ -74,8 +71,6 @@ typedef void api_core_stored_fn(struct api_core *core, struct api_request *req,
  * response that depends on the write is sent from then. */
 void api_core__app_store_then(struct api_core *core, struct api_request *req, struct store_app *app,
                               bool create, const char *what, api_core_stored_fn *then, void *ctx);
-bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
-                          const char *what);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
@@ -160,22 +155,32 @@ void api_core__ssh_free(struct api_core *core);
 void api_core__revisions_register(struct api_core *core);
 /* GET/PUT/DELETE /v1/apps/NAME/autoscale (autoscale.c). */
 void api_core__autoscale_register(struct api_core *core);
-/* Records the app's current droplet, environment and commands as its next revision (number
- * in *version_out when not NULL), dropping revisions past the kept number with the droplets
- * only they used. 0, -ENODATA (no droplet) or -EIO. */
+/* Hears once of a revision's write: rc its outcome (0, -ENODATA: no droplet, -EIO: the
+ * revisions could not be read, or the write's error), version the revision's number (0 when
+ * none was written). */
+typedef void api_core_revised_fn(struct api_core *core, void *ctx, int rc, int version);
+/* Records the app's current droplet, environment and commands as its next revision, queued
+ * (the loop does not wait for the store); then (when not NULL) hears once it is written (on
+ * SQLite before this returns). Once it is, revisions past the kept number go, with the
+ * droplets only they used. */
+void api_core__revision_add_then(struct api_core *core, const struct store_app *app,
+                                 const char *description, api_core_revised_fn *then, void *ctx);
+/* The same without a callback: 0 once queued (its number in *version_out when not NULL),
+ * -ENODATA (no droplet) or -EIO (the revisions could not be read). */
 int api_core__revision_add(struct api_core *core, const struct store_app *app,
                            const char *description, int *version_out);
 /* When the app's droplet, environment or commands differ from its newest revision's (a
  * set-env or a new command, applied by a restart), records them as a new revision named after
- * what changed, as Cloud Foundry does: 1 when one was made, 0 when nothing changed (or the app
- * has no revision yet: staging makes its first), -EIO when the store failed. */
-int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
-                                  int *version_out);
+ * what changed, as Cloud Foundry does; then hears once: of the write (version > 0), or at once
+ * with version 0 when nothing changed (or the app has no revision yet: staging makes its
+ * first), rc -EIO when the revisions could not be read. */
+void api_core__revision_if_changed_then(struct api_core *core, const struct store_app *app,
+                                        api_core_revised_fn *then, void *ctx);
 /* After a deployment failed (the store's droplet is the one that ran before again): the
- * environment and commands of the newest revision of that droplet are put back and stored.
- * That revision's number, 0 when none matches or nothing differs, or a negative errno
- * (-ESTALE: another writer changed the app since it was read; read it again and retry). */
-int api_core__revision_settings_restore(struct api_core *core, struct store_app *app);
+ * environment and commands of the newest revision of that droplet are put back, by a queued
+ * store_app_modify_async (read again after another writer's change), and the app's log says
+ * so once they are written. */
+void api_core__revision_settings_restore(struct api_core *core, const char *app_guid);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
 void api_core__revisions_forget(struct api_core *core, const char *app_guid);

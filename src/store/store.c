@@ -756,6 +756,8 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "put of task %s", w->task.guid);
     else if (w->op == STORE_WRITE_TASK_DELETE)
         snprintf(buf, size, "delete of task %s", w->id);
+    else if (w->op == STORE_WRITE_DROPLET_DELETE)
+        snprintf(buf, size, "delete of droplet %s", w->id);
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
@@ -831,6 +833,9 @@ static int store__write_now(struct store *st, struct store_write *w)
         break;
     case STORE_WRITE_TASK_DELETE:
         rc = st->ops->task_delete(st->backend, w->id);
+        break;
+    case STORE_WRITE_DROPLET_DELETE:
+        rc = st->ops->droplet_delete(st->backend, w->id);
         break;
     case STORE_WRITE_CALL:
         rc = w->call(st->backend, w->arg);
@@ -1054,4 +1059,12 @@ int store_task_put_async(struct store *st, const struct store_task *task, store_
 int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
 {
     return store__queue(st, store_write_new(STORE_WRITE_TASK_DELETE, NULL, guid, NULL, done, ctx));
+}
+
+/* ---- revisions and app settings off the caller's thread ------------------------------------- */
+
+int store_droplet_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
+{
+    return store__queue(st,
+                        store_write_new(STORE_WRITE_DROPLET_DELETE, NULL, guid, NULL, done, ctx));
 }

@@ -519,4 +519,11 @@ int store_task_put_async(struct store *st, const struct store_task *task, store_
                          void *ctx);
 int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
 
+/* Revisions and app settings */
+/* store_droplet_delete through the same writer, in turn with the others: queued, returning at
+ * once, done(ctx, rc) getting what store_droplet_delete would have returned (-ENOENT: no such
+ * droplet). store_droplet_get no longer finds it from the call on; one refused by the server
+ * is read from it again. On SQLite, made during the call. */
+int store_droplet_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
+
 #endif

@@ -38,8 +38,9 @@ enum store_write_op {
     /* store_route_update(_async) and store_route_set_https_only: route's host and path, its
      * balance and protocol (NULL: as they are), https_only (-1: as it is) */
     STORE_WRITE_ROUTE_UPDATE,
-    STORE_WRITE_TASK_PUT,    /* store_task_put(_async): task */
-    STORE_WRITE_TASK_DELETE, /* store_task_delete(_async): id, the task's guid */
+    STORE_WRITE_TASK_PUT,       /* store_task_put(_async): task */
+    STORE_WRITE_TASK_DELETE,    /* store_task_delete(_async): id, the task's guid */
+    STORE_WRITE_DROPLET_DELETE, /* store_droplet_delete(_async): id, the droplet's guid */
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,

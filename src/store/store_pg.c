@@ -1377,7 +1377,7 @@ static int pg__apps_cached(struct store_backend *b)
 }
 
 /* Whether the write is one reads see made over what they read until it is finished (in
- * pending): an app's deletion, a route's or a task's write. */
+ * pending): an app's deletion, a route's, a task's write, a droplet's deletion. */
 static bool pg__is_pending_write(const struct store_write *w)
 {
     switch (w->op) {
@@ -1387,6 +1387,7 @@ static bool pg__is_pending_write(const struct store_write *w)
     case STORE_WRITE_ROUTE_UPDATE:
     case STORE_WRITE_TASK_PUT:
     case STORE_WRITE_TASK_DELETE:
+    case STORE_WRITE_DROPLET_DELETE:
         return true;
     default:
         return false;
@@ -2167,6 +2168,9 @@ static void pg__drops_forget(struct store_backend *b, const char *app_guid, cons
  * droplet at every converge turn, which must not wait for the server each time. */
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (b->pending[i]->op == STORE_WRITE_DROPLET_DELETE && !strcmp(b->pending[i]->id, guid))
+            return -ENOENT; /* its deletion is queued */
     bool cache = pg__drops_on(b);
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
@@ -2189,9 +2193,7 @@ static int pg__droplet_delete_now(struct store_backend *b, void *arg)
 
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
-    int rc = pg__call(b, "delete of a droplet", pg__droplet_delete_now, (void *)guid);
-    pg__drops_forget(b, NULL, NULL, guid);
-    return rc;
+    return pg__await(b, store_write_new(STORE_WRITE_DROPLET_DELETE, NULL, guid, NULL, NULL, NULL));
 }
 
 /* Deletes the app's rows of one table other than keep, appending their paths. The table is
@@ -2685,6 +2687,8 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__task_put_now(wb, &w->task);
     case STORE_WRITE_TASK_DELETE:
         return pg__task_delete_now(wb, w->id);
+    case STORE_WRITE_DROPLET_DELETE:
+        return pg__droplet_delete_now(wb, (void *)w->id);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     }
@@ -3027,6 +3031,10 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
             b->n_pending--;
             break;
         }
+    if (w->op == STORE_WRITE_DROPLET_DELETE) {
+        pg__drops_forget(b, NULL, NULL, w->id); /* gone, or read again when refused */
+        return;
+    }
     if (!w->finished)
         return;
     bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
