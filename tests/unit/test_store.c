@@ -2735,6 +2735,77 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
     remove_db(path);
 }
 
+/* A droplet's queued deletion is made in turn with the writes queued around it (a revision's
+ * document, an app's settings) and reported in order, one of nothing with -ENOENT; from the
+ * call on (on PostgreSQL while the writer is held by a document row another transaction
+ * locks, and another store still finds the droplet) store_droplet_get no longer finds it. */
+static void test_queued_droplet_deletes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_droplet d1 = {.app_guid = app->guid, .path = "/dr/1", .digest = "sha256:ab"};
+    struct store_droplet d2 = {.app_guid = app->guid, .path = "/dr/2", .digest = "sha256:cd"};
+    uuid_generate_v4(d1.guid);
+    uuid_generate_v4(d2.guid);
+    assert_int_equal(store_droplet_add(st, &d1), 0);
+    assert_int_equal(store_droplet_add(st, &d2), 0);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0); /* in the copy */
+    store_droplet_free(d);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_droplet_delete_async(st, d1.guid, note_done, done_tag(&log, 1)), 0);
+    char nobody[37];
+    uuid_generate_v4(nobody);
+    assert_int_equal(store_droplet_delete_async(st, nobody, note_done, done_tag(&log, 2)), 0);
+    free(app->env[0].value);
+    app->env[0].value = strdup("changed");
+    assert_int_equal(store_app_update_async(st, app, note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_droplet_delete_async(st, d2.guid, note_done, done_tag(&log, 4)), 0);
+    if (hold) {
+        assert_int_equal(store_async_queued(st), 5); /* all wait behind the held row */
+        d = NULL;
+        assert_int_equal(store_droplet_get(other, d1.guid, &d), 0); /* not made yet */
+        store_droplet_free(d);
+    }
+    for (int pass = 0; pass < 3; pass++) {
+        d = NULL;
+        assert_int_equal(store_droplet_get(st, d1.guid, &d), -ENOENT);
+        assert_int_equal(store_droplet_get(st, d2.guid, &d), -ENOENT);
+        assert_null(d);
+        struct store_app *read = NULL;
+        assert_int_equal(store_app_get(st, app->guid, &read), 0);
+        assert_string_equal(read->env[0].value, "changed");
+        store_app_free(read);
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 5);
+            int want[5] = {0, 0, -ENOENT, 0, 0};
+            for (int i = 0; i < 5; i++) {
+                assert_int_equal(log.order[i], i);
+                assert_int_equal(log.rc[i], want[i]);
+            }
+            assert_int_equal(store_async_queued(st), 0);
+        } else if (pass == 1) { /* as the database holds it */
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    d = NULL;
+    assert_int_equal(store_droplet_get(other, d2.guid, &d), -ENOENT);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -2782,7 +2853,8 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
         cmocka_unit_test(                                                                          \
             test_a_refused_queued_route_or_task_write_is_reported_through_its_callback),           \
         cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced),            \
-        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one)
+        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one),         \
+        cmocka_unit_test(test_queued_droplet_deletes_land_in_order_and_are_read_at_once)
 
 int main(void)
 {
