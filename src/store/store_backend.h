@@ -41,6 +41,9 @@ enum store_write_op {
     STORE_WRITE_TASK_PUT,       /* store_task_put(_async): task */
     STORE_WRITE_TASK_DELETE,    /* store_task_delete(_async): id, the task's guid */
     STORE_WRITE_DROPLET_DELETE, /* store_droplet_delete(_async): id, the droplet's guid */
+    /* store_app_find_or_read's fresh read, in turn with the writes: kind "SPACE/NAME", id the
+     * bare name or guid; app what was read (NULL: none) */
+    STORE_READ_APP,
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
@@ -51,6 +54,7 @@ struct store_write {
     struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */
     store_done_fn *done;
     store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
+    store_app_found_fn *done_app; /* STORE_READ_APP */
     char **refs;              /* what it read, the callback's */
     struct store_app *app;    /* STORE_WRITE_APP_*: the write's own copy, as written */
     struct store_route route; /* STORE_WRITE_ROUTE_*: the write's own copy */

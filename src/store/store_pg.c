@@ -2689,6 +2689,12 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__task_delete_now(wb, w->id);
     case STORE_WRITE_DROPLET_DELETE:
         return pg__droplet_delete_now(wb, (void *)w->id);
+    case STORE_READ_APP: {
+        store_app_free(w->app); /* a try before a lost connection */
+        w->app = NULL;
+        int rc = pg__app_get_query(wb, w->kind, &w->app);
+        return rc == -ENOENT ? pg__app_get_query(wb, w->id, &w->app) : rc;
+    }
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     }
@@ -3060,9 +3066,37 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         b->routes_gen++;
 }
 
+/* A queued read of an app as it finished: what was read goes into the copy, as
+ * pg__app_get_fresh_read's does; an app queued for deletion or written since is answered as
+ * the reads after the call see it. */
+static void pg__app_read_finished(struct store_backend *b, struct store_write *w)
+{
+    if (w->rc != 0)
+        return;
+    const struct store_app *queued = pg__queued_app(b, w->app->guid);
+    if (pg__app_deleting(b, w->app->guid)) {
+        store_app_free(w->app);
+        w->app = NULL;
+        w->rc = -ENOENT;
+        return;
+    }
+    if (queued) {
+        store_app_free(w->app);
+        w->app = store_app_dup(queued);
+        return;
+    }
+    pg__feed_read(b);
+    if (b->feed_state == PG_FEED_ON && b->apps && b->apps_at == b->apps_gen)
+        pg__cache_put(b, w->app->guid, store_app_dup(w->app));
+}
+
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_APP) {
+        pg__app_read_finished(b, w);
+        return;
+    }
     if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w);
         return;

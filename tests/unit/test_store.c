@@ -2806,6 +2806,119 @@ static void test_queued_droplet_deletes_land_in_order_and_are_read_at_once(void 
     remove_db(path);
 }
 
+/* What a store_app_find_or_read callback heard: calls, its rc and the app's guid, and how
+ * many of the writes of log had been reported before it. */
+struct found_log {
+    struct done_log *log;
+    int calls, rc, after;
+    char guid[37];
+};
+
+static void note_found(void *ctx, int rc, struct store_app *app)
+{
+    struct found_log *l = ctx;
+    l->calls++;
+    l->rc = rc;
+    l->after = l->log->n;
+    snprintf(l->guid, sizeof l->guid, "%s", app ? app->guid : "");
+    assert_true(rc == 0 ? app != NULL : app == NULL);
+    store_app_free(app);
+}
+
+/* An app the copy holds is found at once; one it does not (on PostgreSQL: written by another
+ * store whose news never comes) is read through the writer, in turn after the write queued
+ * before it (held behind a document row another transaction locks: nothing is reported
+ * meanwhile), and reported through the callback: found, then in the copy; absent; another
+ * space's app by guid not found. On SQLite every answer comes at once. */
+static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    struct store_app *away = sample_app("away"), *got = NULL;
+    snprintf(away->space_guid, sizeof away->space_guid, "%s",
+             "0b0b0b0b-0000-4000-8000-000000000001");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* the copy loaded */
+    store_app_free(got);
+    if (on_pg(path))
+        raw_sql(path, "ALTER TABLE apps DISABLE TRIGGER USER");
+    assert_int_equal(store_app_create(other, cart), 0);
+    assert_int_equal(store_app_create(other, away), 0);
+
+    struct done_log log = {0};
+    struct found_log hit = {.log = &log};
+    got = NULL;
+    assert_int_equal(
+        store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "shop", &got, note_found, &hit), 0);
+    assert_string_equal(got->guid, shop->guid);
+    store_app_free(got);
+    assert_int_equal(hit.calls, 0);
+
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    struct found_log lc = {.log = &log}, ln = {.log = &log}, la = {.log = &log};
+    got = NULL;
+    int rc_c = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "cart", &got, note_found, &lc);
+    struct store_app *none = NULL, *other_space = NULL;
+    int rc_n = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "none", &none, note_found, &ln);
+    int rc_a = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, away->guid, &other_space,
+                                      note_found, &la);
+    assert_null(none);
+    assert_null(other_space);
+    if (hold) {
+        assert_int_equal(rc_c, -EINPROGRESS);
+        assert_int_equal(rc_n, -EINPROGRESS);
+        assert_int_equal(rc_a, -EINPROGRESS);
+        assert_null(got);
+        assert_int_equal(store_async_queued(st), 4); /* behind the held write */
+        usleep(100 * 1000);
+        store_async_reap(st);
+        assert_int_equal(lc.calls + ln.calls + la.calls + log.n, 0);
+        hold_release(hold);
+        for (int i = 0; i < 2000 && la.calls == 0; i++) {
+            store_async_reap(st);
+            if (la.calls == 0)
+                usleep(10 * 1000);
+        }
+        assert_int_equal(log.n, 1);
+        assert_int_equal(log.rc[0], 0);
+        assert_int_equal(lc.calls, 1);
+        assert_int_equal(lc.rc, 0);
+        assert_string_equal(lc.guid, cart->guid);
+        assert_int_equal(lc.after, 1); /* after the write queued before it */
+        assert_int_equal(ln.calls, 1);
+        assert_int_equal(ln.rc, -ENOENT);
+        assert_int_equal(la.calls, 1);
+        assert_int_equal(la.rc, -ENOENT);
+        /* the copy holds what was read: found at once now */
+        got = NULL;
+        assert_int_equal(
+            store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "cart", &got, note_found, &lc), 0);
+        assert_string_equal(got->guid, cart->guid);
+        store_app_free(got);
+        assert_int_equal(lc.calls, 1);
+        raw_sql(path, "ALTER TABLE apps ENABLE TRIGGER USER");
+    } else {
+        assert_int_equal(rc_c, 0);
+        assert_string_equal(got->guid, cart->guid);
+        store_app_free(got);
+        assert_int_equal(rc_n, -ENOENT);
+        assert_int_equal(rc_a, -ENOENT);
+        assert_int_equal(lc.calls + ln.calls + la.calls, 0);
+        assert_int_equal(log.n, 1);
+    }
+    store_app_free(shop);
+    store_app_free(cart);
+    store_app_free(away);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -2854,7 +2967,8 @@ static void test_queued_droplet_deletes_land_in_order_and_are_read_at_once(void 
             test_a_refused_queued_route_or_task_write_is_reported_through_its_callback),           \
         cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced),            \
         cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one),         \
-        cmocka_unit_test(test_queued_droplet_deletes_land_in_order_and_are_read_at_once)
+        cmocka_unit_test(test_queued_droplet_deletes_land_in_order_and_are_read_at_once),          \
+        cmocka_unit_test(test_an_app_missing_from_the_copy_is_read_off_the_callers_thread)
 
 int main(void)
 {
