@@ -350,3 +350,46 @@ def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api
     finally:
         resume(pids)
         p.close()
+
+
+def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_api_does_not(
+        pg_dir):
+    """An app name skiffd's copy does not hold (none, or one another skiffd made a moment
+    ago) is read from the database off the loop: a GET of an unknown app and a create of a new
+    name, sent while the server is stopped, wait for that read; the other API calls are
+    answered meanwhile, and the two are answered (404, 201) once the server answers again."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "known"})
+        assert status == 201, body
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, listed = get("/v1/apps")
+            assert status == 200, listed
+            status, known = get("/v1/apps/known/ssh_enabled")  # a lookup the copy answers
+            assert status == 200, known
+            return [a["name"] for a in listed["apps"]] == ["known"]
+
+        answers, calls = writes_while_paused(
+            p, pids, [("ghost", "GET", "/v1/apps/ghost"),
+                      ("create", "POST", "/v1/apps", {"name": "fresh"})], seen_in)
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["ghost"][0][0] == 404, answers
+        assert "no app named" in answers["ghost"][0][1]["error"]["message"], answers
+        assert answers["create"][0][0] == 201, answers
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT name FROM apps ORDER BY name") == ["fresh", "known"]
+        # the name is taken now, and says so at once
+        status, body = p.api("POST", "/v1/apps", {"name": "fresh"})
+        assert status == 409, body
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
