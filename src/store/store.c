@@ -240,6 +240,12 @@ int store_app_find_or_read(struct store *st, const char *space_guid, const char 
         free(ref);
         return store__app_in_space(space_guid, rc, app, out);
     }
+    /* gone without asking the server, as store_app_get_fresh answers */
+    if (st->ops->app_deleting && (st->ops->app_deleting(st->backend, ref) ||
+                                  st->ops->app_deleting(st->backend, name_or_guid))) {
+        free(ref);
+        return -ENOENT;
+    }
     struct store_write *w = store_write_new(STORE_READ_APP, ref, name_or_guid, NULL, NULL, ctx);
     w->done_app = done;
     free(ref);

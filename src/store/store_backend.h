@@ -105,6 +105,8 @@ struct store_ops {
     int (*app_get)(struct store_backend *b, const char *ref, struct store_app **out);
     /* NULL where app_get reads the database itself */
     int (*app_get_fresh)(struct store_backend *b, const char *ref, struct store_app **out);
+    /* whether ref names an app whose deletion is queued (NULL where none ever is) */
+    bool (*app_deleting)(struct store_backend *b, const char *ref);
     int (*app_list_in)(struct store_backend *b, const char *space_guid, struct store_app ***out,
                        size_t *n);
     int (*app_delete)(struct store_backend *b, const char *guid);

@@ -1506,16 +1506,20 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     return pg__app_unless_deleting(b, pg__app_get_read(b, ref, out), out);
 }
 
+static bool pg__app_ref_deleting(struct store_backend *b, const char *ref)
+{
+    struct store_app *seen = NULL;
+    bool gone =
+        b->n_pending && pg__app_get_read(b, ref, &seen) == 0 && pg__app_deleting(b, seen->guid);
+    store_app_free(seen);
+    return gone;
+}
+
 /* An app queued for deletion is gone without asking the server (which may not answer). */
 static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
 {
-    struct store_app *seen = NULL;
-    if (b->n_pending && pg__app_get_read(b, ref, &seen) == 0) {
-        bool gone = pg__app_deleting(b, seen->guid);
-        store_app_free(seen);
-        if (gone)
-            return -ENOENT;
-    }
+    if (pg__app_ref_deleting(b, ref))
+        return -ENOENT;
     return pg__app_unless_deleting(b, pg__app_get_fresh_read(b, ref, out), out);
 }
 
@@ -3561,6 +3565,7 @@ const struct store_ops store_pg_ops = {
     .app_update = pg__app_update,
     .app_get = pg__app_get,
     .app_get_fresh = pg__app_get_fresh,
+    .app_deleting = pg__app_ref_deleting,
     .app_list_in = pg__app_list_in,
     .app_delete = pg__app_delete,
     .route_add = pg__route_add,
