@@ -43,8 +43,6 @@ void api_core__routes_changed(struct api_core *core);
 struct buf;
 void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
                          const struct store_route *const *routes, size_t nroutes);
-/* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
- * 500 (the store failed). The caller frees it with store_app_free. */
 /* Whether the app's space and org can hold it as it would be stored (replacing the stored
  * app of its guid), with extra_routes more routes: true, or false after answering 422
  * `quota_exceeded` naming the quota, the limit and the numbers. */
@@ -58,6 +56,9 @@ bool api_core__mappings_admit(struct api_core *core, struct api_request *req,
                               const struct store_app *app, const struct store_process *p);
 /* The space the request is about (its checked space, else the default one). */
 const char *api_core__space(struct api_request *req);
+/* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
+ * 500 (the store failed), or NULL without answering while the app is read off the loop (the
+ * handler then runs again: api_core__app_lookup). The caller frees it with store_app_free. */
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
                                       const char *name);
 /* The same for the app named in the path (param 0). */
