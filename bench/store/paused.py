@@ -6,11 +6,14 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
     SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    SETTINGS_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
 the server stops (an app write): the line then also gives when that PATCH was answered. With
 MAP_DELETE_WHILE_PAUSED=1, likewise a route's map (POST /v1/routes) and another app's
-deletion (DELETE /v1/apps/NAME), each from a thread of its own.
+deletion (DELETE /v1/apps/NAME), each from a thread of its own. With SETTINGS_WHILE_PAUSED=1,
+the app's environment set, its autoscaling policy set, its ssh turned off and a GET of an app
+nobody has (a name the store's copy lacks), each from a thread of its own.
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -30,6 +33,7 @@ IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
 SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
 MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
+SETTINGS = os.environ.get("SETTINGS_WHILE_PAUSED", "0") == "1"
 
 
 def signal_all(pids, sig):
@@ -86,6 +90,14 @@ def main():
                 writes["the map of a route"] = lambda: p.api(
                     "POST", "/v1/routes", {"app": "bench-app", "host": "bench-extra.localhost"})
                 writes["the app's deletion"] = lambda: p.api("DELETE", "/v1/apps/bench-doomed")
+            if SETTINGS:
+                writes["the env set"] = lambda: p.api(
+                    "PUT", "/v1/apps/bench-app/env", {"FLAVOUR": "paused"})
+                writes["the autoscaling policy"] = lambda: p.api(
+                    "PUT", "/v1/apps/bench-app/autoscale", {"max_instances": 4})
+                writes["the ssh toggle"] = lambda: p.api(
+                    "PATCH", "/v1/apps/bench-app/features/ssh", {"enabled": False})
+                writes["the GET of an unknown app"] = lambda: p.api("GET", "/v1/apps/nobody")
             took = {}
 
             def send(what, call):
