@@ -8,6 +8,7 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
     MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     DOMAINS_MAPPINGS_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     AUTH_LABEL_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    SETTINGS_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
 the server stops (an app write): the line then also gives when that PATCH was answered. With
@@ -18,6 +19,9 @@ create (POST /v1/event-mappings) and another's delete, and the audit list
 (GET /v1/admin/audit_events). With AUTH_LABEL_WHILE_PAUSED=1,
 likewise a login (POST /v1/auth/token, a password grant of a user made before), a token
 refresh, a role given (PUT .../roles/SpaceAuditor) and a label set (PATCH .../metadata).
+With SETTINGS_WHILE_PAUSED=1,
+the app's environment set, its autoscaling policy set, its ssh turned off and a GET of an app
+nobody has (a name the store's copy lacks), each from a thread of its own.
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -40,6 +44,7 @@ MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
 DOMAINS_MAPPINGS = os.environ.get("DOMAINS_MAPPINGS_WHILE_PAUSED", "0") == "1"
 AUTH_LABEL = os.environ.get("AUTH_LABEL_WHILE_PAUSED", "0") == "1"
 PASSWORD = "correct horse battery"
+SETTINGS = os.environ.get("SETTINGS_WHILE_PAUSED", "0") == "1"
 
 
 def signal_all(pids, sig):
@@ -129,6 +134,14 @@ def main():
                     "PUT", "/v1/orgs/default/spaces/dev/users/bench-dev/roles/SpaceAuditor")
                 writes["the label"] = lambda: p.api(
                     "PATCH", "/v1/apps/bench-app/metadata", {"labels": {"tier": "paused"}})
+            if SETTINGS:
+                writes["the env set"] = lambda: p.api(
+                    "PUT", "/v1/apps/bench-app/env", {"FLAVOUR": "paused"})
+                writes["the autoscaling policy"] = lambda: p.api(
+                    "PUT", "/v1/apps/bench-app/autoscale", {"max_instances": 4})
+                writes["the ssh toggle"] = lambda: p.api(
+                    "PATCH", "/v1/apps/bench-app/features/ssh", {"enabled": False})
+                writes["the GET of an unknown app"] = lambda: p.api("GET", "/v1/apps/nobody")
             took = {}
 
             def send(what, call):

@@ -1095,3 +1095,8 @@ static void api__on_request(struct http_request *hreq, void *ctx)
     }
     req->route->fn(req, req->route->ctx);
 }
+
+void api_request_handle_again(struct api_request *req)
+{
+    req->route->fn(req, req->route->ctx);
+}

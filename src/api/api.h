@@ -255,6 +255,9 @@ const char *api_request_peer(const struct api_request *req);
 
 /* Called once if the client disconnects before the request is finished. */
 void api_request_on_abort(struct api_request *req, void (*fn)(void *ctx), void *ctx);
+/* Runs the request's handler again, for a handler that returned without finishing the request
+ * while something it needs was read off the loop (from that read's callback). */
+void api_request_handle_again(struct api_request *req);
 bool api_request_aborted(const struct api_request *req);
 
 /* Parses the body as a JSON object. On failure answers 400 `invalid_json` (saying where)

@@ -99,18 +99,41 @@ static bool autoscale__int(struct api_request *req, json_t *body, const char *ke
     return true;
 }
 
-/* Saves app (whose process p was changed), converges, answers. */
-static void autoscale__store(struct api_core *core, struct api_request *req, struct store_app *app,
-                             struct store_process *p, const char *what)
+/* A policy's write: what to log and which process to show once it is made. */
+struct autoscale_write {
+    char *type;
+    char what[160];
+};
+
+static void autoscale__stored(struct api_core *core, struct api_request *req, struct store_app *app,
+                              void *ctx)
 {
-    app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the policy"))
-        return;
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s", what);
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
-    api_core__routes_changed(core); /* whether a route holds requests at zero may change */
-    autoscale__respond(core, req, 200, app, p);
+    struct autoscale_write *w = ctx;
+    const struct store_process *p = store_app_process(app, w->type);
+    if (req && p) {
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s", w->what);
+        if (core->cfg.scheduler)
+            scheduler_app_changed(core->cfg.scheduler, app->guid);
+        api_core__routes_changed(core); /* whether a route holds requests at zero may change */
+        autoscale__respond(core, req, 200, app, p);
+    }
+    free(w->type);
+    free(w);
+}
+
+/* Saves a copy of app (whose process p was changed); converges and answers once it is
+ * written. */
+static void autoscale__store(struct api_core *core, struct api_request *req,
+                             const struct store_app *app, const struct store_process *p,
+                             const char *what)
+{
+    struct autoscale_write *w = xcalloc(1, sizeof *w);
+    w->type = xstrdup(p->type);
+    snprintf(w->what, sizeof w->what, "%s", what);
+    struct store_app *copy = store_app_dup(app);
+    copy->updated_at = time_now_ms();
+    api_core__app_store_then(core, req, copy, false, "cannot store the policy", autoscale__stored,
+                             w);
 }
 
 static void autoscale__put(struct api_request *req, void *ctx)

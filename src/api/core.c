@@ -243,11 +243,72 @@ const char *api_core__space(struct api_request *req)
     return space ? space : STORE_DEFAULT_SPACE_GUID;
 }
 
+/* An app read off the loop for a request: its answer, kept for the handler's next lookup. */
+struct core_find {
+    struct api_core *core;
+    struct api_request *req;
+    char *name;
+    int rc;
+    struct store_app *app;
+    struct core_find *next;
+};
+
+static void core__find_free(struct core_find *f)
+{
+    free(f->name);
+    store_app_free(f->app);
+    free(f);
+}
+
+/* The read is made: the handler runs again and its lookup of that name takes the answer
+ * (left unasked, it is dropped). */
+static void core__app_read(void *ctx, int rc, struct store_app *app)
+{
+    struct core_find *f = ctx;
+    struct api_core *core = f->core;
+    f->rc = rc;
+    f->app = app;
+    f->next = core->finds;
+    core->finds = f;
+    api_request_handle_again(f->req);
+    for (struct core_find **p = &core->finds; *p; p = &(*p)->next)
+        if (*p == f) {
+            *p = f->next;
+            core__find_free(f);
+            break;
+        }
+}
+
+int api_core__app_lookup(struct api_core *core, struct api_request *req, const char *name,
+                         struct store_app **out)
+{
+    for (struct core_find **p = &core->finds; *p; p = &(*p)->next) {
+        struct core_find *f = *p;
+        if (f->req != req || strcmp(f->name, name))
+            continue;
+        *p = f->next;
+        int rc = f->rc;
+        *out = f->app;
+        f->app = NULL;
+        core__find_free(f);
+        return rc;
+    }
+    struct core_find *f = xcalloc(1, sizeof *f);
+    *f = (struct core_find){.core = core, .req = req, .name = xstrdup(name)};
+    int rc =
+        store_app_find_or_read(core->cfg.store, api_core__space(req), name, out, core__app_read, f);
+    if (rc != -EINPROGRESS)
+        core__find_free(f);
+    return rc;
+}
+
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
                                       const char *name)
 {
     struct store_app *app = NULL;
-    int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
+    int rc = api_core__app_lookup(core, req, name, &app);
+    if (rc == -EINPROGRESS)
+        return NULL; /* the handler runs again once the app is read */
     if (rc == -ENOENT) {
         api_respond_error(req, rc,
                           "no app named \"%s\" in this space: `skiff apps` lists the apps there "
@@ -267,19 +328,6 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
     return api_core__app_named(core, req, api_request_param(req, 0));
 }
 
-bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
-                          const char *what)
-{
-    int rc = store_app_update(core->cfg.store, app);
-    if (rc == -ESTALE)
-        api_respond_error(req, SKIFF_E_CONFLICT,
-                          "app %s was changed by someone else meanwhile: read it again and retry",
-                          app->name);
-    else if (rc < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, "%s (see skiffd's output)", what);
-    return rc == 0;
-}
-
 static void core__name_taken(struct api_request *req, const char *name);
 
 /* The answer to a refused app write (-EEXIST: the name taken; -ESTALE: another writer
@@ -293,6 +341,11 @@ static void core__store_refused(struct api_request *req, const struct store_app 
         api_respond_error(req, SKIFF_E_CONFLICT,
                           "app %s was changed by someone else meanwhile: read it again and retry",
                           app->name);
+    else if (rc == -EBUSY) /* the store's bound on queued writes (store_queue_max) */
+        api_respond_error(req, SKIFF_E_BUSY,
+                          "%s: the database is not answering and too many writes wait for it: "
+                          "retry once it answers",
+                          what);
     else
         api_respond_error(req, rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
                           "%s (see skiffd's output)", what);
@@ -1431,7 +1484,9 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     if (!core__check_routes(core, req, body))
         return;
     struct store_app *app = NULL;
-    int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
+    int rc = api_core__app_lookup(core, req, name, &app);
+    if (rc == -EINPROGRESS)
+        return; /* run again once the database said whether the name is taken */
     bool creating = rc == -ENOENT;
     if (rc < 0 && !creating) {
         api_respond_error(req, rc, CORE_STORE_READ_FAILED);
@@ -1762,8 +1817,8 @@ static bool core__not_staged(struct api_request *req, const struct store_app *ap
     return true;
 }
 
-static void core__log_revision(struct api_core *core, const struct store_app *app,
-                               const char *verb);
+static void core__revise_and_respond(struct api_core *core, struct api_request *req,
+                                     const struct store_app *app, const char *verb);
 
 /* A start, stop or restart once its state is stored. */
 struct core_state {
@@ -1784,13 +1839,14 @@ static void core__state_stored(struct api_core *core, struct api_request *req,
             hub_publish(core->cfg.hub,
                         &PLATFORM_APP_EVENT(started ? PLATFORM_APP_STARTED : PLATFORM_APP_STOPPED,
                                             app->guid, app->name));
-        if (c->verb)
-            core__log_revision(core, app, c->verb);
-        else if (c->changed && started)
-            core__log_revision(core, app, "Started");
-        else if (c->changed)
-            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Stopped app %s", app->name);
-        api_core__respond_app(core, req, 200, app);
+        if (c->verb || (c->changed && started)) {
+            core__revise_and_respond(core, req, app, c->verb ? c->verb : "Started");
+        } else {
+            if (c->changed)
+                logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Stopped app %s",
+                             app->name);
+            api_core__respond_app(core, req, 200, app);
+        }
     }
     free(c);
 }
@@ -1808,16 +1864,36 @@ static void core__app_put_state(struct api_core *core, struct api_request *req,
     api_core__app_store_then(core, req, app, false, "cannot store the app", core__state_stored, c);
 }
 
-/* A start or restart applies what changed since the last revision (a set-env, a command):
- * that makes a revision, named in the log line that says the app (re)started. */
-static void core__log_revision(struct api_core *core, const struct store_app *app, const char *verb)
+/* A start's or restart's revision, queued: the request is answered once it is written. */
+struct core_revise {
+    struct api_request *req;
+    struct store_app *app;
+    const char *verb;
+};
+
+static void core__revised(struct api_core *core, void *ctx, int rc, int version)
 {
-    int version = 0;
-    if (api_core__revision_if_changed(core, app, &version) == 1)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s as revision %d", verb,
-                     app->name, version);
+    struct core_revise *r = ctx;
+    if (rc == 0 && version > 0)
+        logs_appendf(core->cfg.logs, r->app->guid, "API", LOGS_OUT, "%s app %s as revision %d",
+                     r->verb, r->app->name, version);
     else
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s", verb, app->name);
+        logs_appendf(core->cfg.logs, r->app->guid, "API", LOGS_OUT, "%s app %s", r->verb,
+                     r->app->name);
+    api_core__respond_app(core, r->req, 200, r->app);
+    store_app_free(r->app);
+    free(r);
+}
+
+/* A start or restart applies what changed since the last revision (a set-env, a command):
+ * that makes a revision, named in the log line that says the app (re)started; the answer
+ * (200 with the app) follows the revision's write. */
+static void core__revise_and_respond(struct api_core *core, struct api_request *req,
+                                     const struct store_app *app, const char *verb)
+{
+    struct core_revise *r = xcalloc(1, sizeof *r);
+    *r = (struct core_revise){.req = req, .app = store_app_dup(app), .verb = verb};
+    api_core__revision_if_changed_then(core, r->app, core__revised, r);
 }
 
 static void core__app_set_state(struct api_request *req, struct api_core *core, const char *state)
@@ -1860,8 +1936,7 @@ static void core__app_restart(struct api_request *req, void *ctx)
         scheduler_app_restart(core->cfg.scheduler, app->guid,
                               rolling && strcmp(rolling, "0") && strcmp(rolling, "false"));
     }
-    core__log_revision(core, app, "Restarted");
-    api_core__respond_app(core, req, 200, app);
+    core__revise_and_respond(core, req, app, "Restarted");
 done:
     store_app_free(app);
 }
@@ -1919,6 +1994,21 @@ static void core__env_get(struct api_request *req, void *ctx)
     store_app_free(app);
 }
 
+/* The answer to PUT env once its write is made. */
+static void core__env_stored(struct api_core *core, struct api_request *req, struct store_app *app,
+                             void *ctx)
+{
+    (void)ctx;
+    if (!req)
+        return;
+    json_t *env = json_object();
+    for (size_t i = 0; i < app->n_env; i++)
+        json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                 "Updated environment of app %s (restart to apply)", app->name);
+    api_respond_json(req, 200, json_pack("{s:o}", "env", env));
+}
+
 static void core__env_put(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -1928,14 +2018,9 @@ static void core__env_put(struct api_request *req, void *ctx)
     struct store_app *app = api_core__find_app(core, req);
     if (app && api_core__merge_env(req, app, body)) {
         app->updated_at = time_now_ms();
-        if (api_core__app_update(core, req, app, "cannot store the app")) {
-            json_t *env = json_object();
-            for (size_t i = 0; i < app->n_env; i++)
-                json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
-            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
-                         "Updated environment of app %s (restart to apply)", app->name);
-            api_respond_json(req, 200, json_pack("{s:o}", "env", env));
-        }
+        api_core__app_store_then(core, req, app, false, "cannot store the app", core__env_stored,
+                                 NULL);
+        app = NULL;
     }
     store_app_free(app);
     json_decref(body);
@@ -2560,25 +2645,8 @@ static void core__on_platform_event(void *ctx, const struct platform_event *ev)
     struct api_core *core = ctx;
     core->instance_changes++;
     core__instances_touched(core, ev->app_guid);
-    struct store_app *app = NULL;
-    if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid &&
-        store_app_get(core->cfg.store, ev->app_guid, &app) == 0) {
-        int version = api_core__revision_settings_restore(core, app);
-        /* another writer came first: the settings go back on the row as it is now */
-        for (int try = 1; version == -ESTALE && try < STORE_MODIFY_TRIES; try++) {
-            store_app_free(app);
-            app = NULL;
-            if (store_app_get(core->cfg.store, ev->app_guid, &app) < 0)
-                break;
-            version = api_core__revision_settings_restore(core, app);
-        }
-        if (version > 0 && app)
-            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
-                         "The environment and commands of revision %d, which ran before, are "
-                         "back",
-                         version);
-    }
-    store_app_free(app);
+    if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid)
+        api_core__revision_settings_restore(core, ev->app_guid);
 }
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out)

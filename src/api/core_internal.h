@@ -33,6 +33,7 @@ struct api_core {
     uv_timer_t *blobs_gc;                 /* blobs.c; NULL without a blob store */
     char (*touched)[37]; /* apps whose instances changed since the last record (guids) */
     size_t ntouched;
+    struct core_find *finds; /* app reads made off the loop, answered, for their handlers */
 };
 
 /* The instances the scheduler runs here for the app, as GET /v1/apps/NAME shows them. */
@@ -42,8 +43,6 @@ void api_core__routes_changed(struct api_core *core);
 struct buf;
 void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
                          const struct store_route *const *routes, size_t nroutes);
-/* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
- * 500 (the store failed). The caller frees it with store_app_free. */
 /* Whether the app's space and org can hold it as it would be stored (replacing the stored
  * app of its guid), with extra_routes more routes: true, or false after answering 422
  * `quota_exceeded` naming the quota, the limit and the numbers. */
@@ -57,13 +56,21 @@ bool api_core__mappings_admit(struct api_core *core, struct api_request *req,
                               const struct store_app *app, const struct store_process *p);
 /* The space the request is about (its checked space, else the default one). */
 const char *api_core__space(struct api_request *req);
+/* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
+ * 500 (the store failed), or NULL without answering while the app is read off the loop (the
+ * handler then runs again: api_core__app_lookup). The caller frees it with store_app_free. */
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
                                       const char *name);
 /* The same for the app named in the path (param 0). */
 struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
-/* store_app_update of an app the request read; false after answering: 409 naming the app
- * when another writer changed it since (compare-and-swap, store.h), else 500 with what
- * could not be stored. */
+/* The app of that name (or guid) in the request's space: 0 with *out, a negative errno
+ * (-ENOENT: none), or -EINPROGRESS when the store's copy does not hold it and its read from
+ * the database is queued (store_app_find_or_read): the caller returns without finishing the
+ * request, its handler is run again once the read is made, and this call then gives the
+ * read's answer. api_core__app_named answers with it; NULL without an answer on
+ * -EINPROGRESS. */
+int api_core__app_lookup(struct api_core *core, struct api_request *req, const char *name,
+                         struct store_app **out);
 /* Called once a request's app write is made: req NULL when it was refused (the request is
  * answered already: 409, or 500 naming what), then only to free ctx. app is the app as
  * written (the write's; copy what must outlive the call). */
@@ -74,8 +81,6 @@ typedef void api_core_stored_fn(struct api_core *core, struct api_request *req,
  * response that depends on the write is sent from then. */
 void api_core__app_store_then(struct api_core *core, struct api_request *req, struct store_app *app,
                               bool create, const char *what, api_core_stored_fn *then, void *ctx);
-bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
-                          const char *what);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
@@ -162,22 +167,32 @@ void api_core__ssh_free(struct api_core *core);
 void api_core__revisions_register(struct api_core *core);
 /* GET/PUT/DELETE /v1/apps/NAME/autoscale (autoscale.c). */
 void api_core__autoscale_register(struct api_core *core);
-/* Records the app's current droplet, environment and commands as its next revision (number
- * in *version_out when not NULL), dropping revisions past the kept number with the droplets
- * only they used. 0, -ENODATA (no droplet) or -EIO. */
+/* Hears once of a revision's write: rc its outcome (0, -ENODATA: no droplet, -EIO: the
+ * revisions could not be read, or the write's error), version the revision's number (0 when
+ * none was written). */
+typedef void api_core_revised_fn(struct api_core *core, void *ctx, int rc, int version);
+/* Records the app's current droplet, environment and commands as its next revision, queued
+ * (the loop does not wait for the store); then (when not NULL) hears once it is written (on
+ * SQLite before this returns). Once it is, revisions past the kept number go, with the
+ * droplets only they used. */
+void api_core__revision_add_then(struct api_core *core, const struct store_app *app,
+                                 const char *description, api_core_revised_fn *then, void *ctx);
+/* The same without a callback: 0 once queued (its number in *version_out when not NULL),
+ * -ENODATA (no droplet) or -EIO (the revisions could not be read). */
 int api_core__revision_add(struct api_core *core, const struct store_app *app,
                            const char *description, int *version_out);
 /* When the app's droplet, environment or commands differ from its newest revision's (a
  * set-env or a new command, applied by a restart), records them as a new revision named after
- * what changed, as Cloud Foundry does: 1 when one was made, 0 when nothing changed (or the app
- * has no revision yet: staging makes its first), -EIO when the store failed. */
-int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
-                                  int *version_out);
+ * what changed, as Cloud Foundry does; then hears once: of the write (version > 0), or at once
+ * with version 0 when nothing changed (or the app has no revision yet: staging makes its
+ * first), rc -EIO when the revisions could not be read. */
+void api_core__revision_if_changed_then(struct api_core *core, const struct store_app *app,
+                                        api_core_revised_fn *then, void *ctx);
 /* After a deployment failed (the store's droplet is the one that ran before again): the
- * environment and commands of the newest revision of that droplet are put back and stored.
- * That revision's number, 0 when none matches or nothing differs, or a negative errno
- * (-ESTALE: another writer changed the app since it was read; read it again and retry). */
-int api_core__revision_settings_restore(struct api_core *core, struct store_app *app);
+ * environment and commands of the newest revision of that droplet are put back, by a queued
+ * store_app_modify_async (read again after another writer's change), and the app's log says
+ * so once they are written. */
+void api_core__revision_settings_restore(struct api_core *core, const char *app_guid);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
 void api_core__revisions_forget(struct api_core *core, const char *app_guid);

@@ -163,6 +163,34 @@ static struct store_process *functions__find(struct api_request *req, struct sto
     return NULL;
 }
 
+/* A function's write: what its answer names once it is made. */
+struct functions_write {
+    char *name, *handler;
+    bool created;
+};
+
+static void functions__write_free(struct functions_write *w)
+{
+    free(w->name);
+    free(w->handler);
+    free(w);
+}
+
+static void functions__put_stored(struct api_core *core, struct api_request *req,
+                                  struct store_app *app, void *ctx)
+{
+    struct functions_write *w = ctx;
+    if (req) {
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s function %s of app %s: %s",
+                     w->created ? "Created" : "Updated", w->name, app->name, w->handler);
+        if (core->cfg.scheduler)
+            scheduler_app_changed(core->cfg.scheduler, app->guid);
+        api_respond_json(req, w->created ? 201 : 200,
+                         functions__json(core, app, store_app_process(app, w->name)));
+    }
+    functions__write_free(w);
+}
+
 static void functions__put(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -260,17 +288,35 @@ static void functions__put(struct api_request *req, void *ctx)
     if (!api_core__mappings_admit(core, req, app, p)) /* its mappings may ask for more */
         goto done;
     app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the function"))
-        goto done;
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s function %s of app %s: %s",
-                 created ? "Created" : "Updated", name, app->name, handler);
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
-    api_respond_json(req, created ? 201 : 200,
-                     functions__json(core, app, store_app_process(app, name)));
+    struct functions_write *w = xcalloc(1, sizeof *w);
+    *w = (struct functions_write){
+        .name = xstrdup(name), .handler = xstrdup(handler), .created = created};
+    api_core__app_store_then(core, req, app, false, "cannot store the function",
+                             functions__put_stored, w);
+    app = NULL;
 done:
     store_app_free(app);
     json_decref(body);
+}
+
+static void functions__delete_stored(struct api_core *core, struct api_request *req,
+                                     struct store_app *app, void *ctx)
+{
+    struct functions_write *w = ctx;
+    if (req) {
+        /* its instances stop; its event mappings go with it at once (the invoker drops
+         * mappings whose process is gone when told, as it does those of a deleted app) */
+        if (core->cfg.scheduler)
+            scheduler_app_changed(core->cfg.scheduler, app->guid);
+        struct platform_event removed =
+            PLATFORM_APP_EVENT(PLATFORM_PROCESS_REMOVED, app->guid, app->name);
+        removed.process_type = w->name;
+        hub_publish(core->cfg.hub, &removed);
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Deleted function %s of app %s",
+                     w->name, app->name);
+        api_respond(req, 204, NULL, NULL, 0);
+    }
+    functions__write_free(w);
 }
 
 static void functions__delete(struct api_request *req, void *ctx)
@@ -290,19 +336,11 @@ static void functions__delete(struct api_request *req, void *ctx)
     memmove(p, p + 1, (app->n_processes - at - 1) * sizeof *p);
     app->n_processes--;
     app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the app"))
-        goto done;
-    /* its instances stop; its event mappings go with it at once (the invoker drops mappings
-     * whose process is gone when told, as it does those of a deleted app) */
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
-    struct platform_event removed =
-        PLATFORM_APP_EVENT(PLATFORM_PROCESS_REMOVED, app->guid, app->name);
-    removed.process_type = name;
-    hub_publish(core->cfg.hub, &removed);
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Deleted function %s of app %s", name,
-                 app->name);
-    api_respond(req, 204, NULL, NULL, 0);
+    struct functions_write *w = xcalloc(1, sizeof *w);
+    w->name = xstrdup(name);
+    api_core__app_store_then(core, req, app, false, "cannot store the app",
+                             functions__delete_stored, w);
+    return;
 done:
     store_app_free(app);
 }

@@ -84,33 +84,60 @@ static bool revisions__droplet_running(struct api_core *core, const char *app_gu
     return found;
 }
 
-/* Drops revisions past the newest API_REVISIONS_KEEP, and the droplets only they used. */
-static void revisions__trim(struct api_core *core, const struct store_app *app, json_t *all)
+/* A droplet's deletion, queued: its folder and blobs go once its row is gone. */
+struct revisions_drop {
+    struct api_core *core;
+    char *app_guid, *path;
+};
+
+static void revisions__droplet_deleted(void *ctx, int rc)
+{
+    struct revisions_drop *d = ctx;
+    if (rc == 0)
+        api_core__artifact_remove(d->core, d->app_guid, d->path);
+    api_core__images_gc_soon(d->core);
+    api_core__blobs_gc_soon(d->core);
+    free(d->app_guid);
+    free(d->path);
+    free(d);
+}
+
+static void revisions__droplet_delete(struct api_core *core, const char *app_guid,
+                                      const char *droplet)
+{
+    struct store_droplet *drop = NULL;
+    if (store_droplet_get(core->cfg.store, droplet, &drop) < 0)
+        return;
+    struct revisions_drop *d = xcalloc(1, sizeof *d);
+    *d = (struct revisions_drop){
+        .core = core, .app_guid = xstrdup(app_guid), .path = xstrdup(drop->path)};
+    store_droplet_free(drop);
+    if (store_droplet_delete_async(core->cfg.store, droplet, revisions__droplet_deleted, d) < 0)
+        revisions__droplet_deleted(d, -ECANCELED);
+}
+
+/* Drops revisions past the newest API_REVISIONS_KEEP, and the droplets only they used (the
+ * app's current one, current_droplet, is kept). */
+static void revisions__trim(struct api_core *core, const char *app_guid,
+                            const char *current_droplet, json_t *all)
 {
     size_t n = json_array_size(all);
     if (n <= API_REVISIONS_KEEP)
         return;
-    char *kind = revisions__kind(app->guid);
+    char *kind = revisions__kind(app_guid);
     for (size_t i = 0; i + API_REVISIONS_KEEP < n; i++) {
         json_t *old = json_array_get(all, i);
         const char *droplet = json_string_value(json_object_get(old, "droplet"));
-        bool used = !droplet || (app->droplet_guid && !strcmp(droplet, app->droplet_guid));
+        bool used = !droplet || (current_droplet && !strcmp(droplet, current_droplet));
         for (size_t k = i + 1; k < n && !used; k++)
             used = !strcmp(droplet,
                            json_string_value(json_object_get(json_array_get(all, k), "droplet"))
                                ?: "");
-        if (!used && !revisions__droplet_running(core, app->guid, droplet)) {
-            struct store_droplet *d = NULL;
-            if (store_droplet_get(core->cfg.store, droplet, &d) == 0 &&
-                store_droplet_delete(core->cfg.store, droplet) == 0)
-                api_core__artifact_remove(core, app->guid, d->path);
-            store_droplet_free(d);
-            api_core__images_gc_soon(core);
-            api_core__blobs_gc_soon(core);
-        }
+        if (!used && !revisions__droplet_running(core, app_guid, droplet))
+            revisions__droplet_delete(core, app_guid, droplet);
         char id[24];
         revisions__id(json_integer_value(json_object_get(old, "version")), id);
-        store_doc_delete(core->cfg.store, kind, id);
+        store_doc_delete_async(core->cfg.store, kind, id, NULL, NULL);
     }
     free(kind);
 }
@@ -187,9 +214,34 @@ static void revisions__apply_settings(struct store_app *app, json_t *rev)
     }
 }
 
-/* Stores the app's settings as revision `last`'s successor; `all` (oldest first) gains it. */
-static int revisions__append(struct api_core *core, const struct store_app *app, json_t *all,
-                             const char *description, int *version_out)
+/* A revision's write, queued: once made, the revisions past the kept number go. */
+struct revisions_append {
+    struct api_core *core;
+    char *app_guid, *droplet;
+    json_t *all; /* with the new revision */
+    int version;
+    api_core_revised_fn *then;
+    void *ctx;
+};
+
+static void revisions__appended(void *ctx, int rc)
+{
+    struct revisions_append *a = ctx;
+    if (rc == 0)
+        revisions__trim(a->core, a->app_guid, a->droplet, a->all);
+    if (a->then)
+        a->then(a->core, a->ctx, rc, a->version);
+    free(a->app_guid);
+    free(a->droplet);
+    json_decref(a->all);
+    free(a);
+}
+
+/* Stores the app's settings as revision `last`'s successor (`all`, oldest first, gains it);
+ * then (when not NULL) hears of the write once, before this returns when it cannot be
+ * queued. */
+static void revisions__append(struct api_core *core, const struct store_app *app, json_t *all,
+                              const char *description, api_core_revised_fn *then, void *ctx)
 {
     json_t *last = json_array_get(all, json_array_size(all) - 1);
     json_int_t version = last ? json_integer_value(json_object_get(last, "version")) + 1 : 1;
@@ -206,18 +258,32 @@ static int revisions__append(struct api_core *core, const struct store_app *app,
     char *kind = revisions__kind(app->guid);
     char id[24];
     revisions__id(version, id);
-    int rc = store_doc_put(core->cfg.store, kind, id, text);
+    json_array_append_new(all, r);
+    struct revisions_append *a = xcalloc(1, sizeof *a);
+    *a = (struct revisions_append){.core = core,
+                                   .app_guid = xstrdup(app->guid),
+                                   .droplet = xstrdup(app->droplet_guid),
+                                   .all = json_incref(all),
+                                   .version = (int)version,
+                                   .then = then,
+                                   .ctx = ctx};
+    if (store_doc_put_async(core->cfg.store, kind, id, text, revisions__appended, a) < 0)
+        revisions__appended(a, -ECANCELED);
     free(kind);
     free(text);
-    if (rc == 0) {
-        json_array_append_new(all, r);
-        revisions__trim(core, app, all);
-        if (version_out)
-            *version_out = (int)version;
-    } else {
-        json_decref(r);
+}
+
+void api_core__revision_add_then(struct api_core *core, const struct store_app *app,
+                                 const char *description, api_core_revised_fn *then, void *ctx)
+{
+    json_t *all = app->droplet_guid ? revisions__load(core, app->guid) : NULL;
+    if (!all) {
+        if (then)
+            then(core, ctx, app->droplet_guid ? -EIO : -ENODATA, 0);
+        return;
     }
-    return rc;
+    revisions__append(core, app, all, description, then, ctx);
+    json_decref(all);
 }
 
 int api_core__revision_add(struct api_core *core, const struct store_app *app,
@@ -228,21 +294,20 @@ int api_core__revision_add(struct api_core *core, const struct store_app *app,
     json_t *all = revisions__load(core, app->guid);
     if (!all)
         return -EIO;
-    int rc = revisions__append(core, app, all, description, version_out);
+    json_t *last = json_array_get(all, json_array_size(all) - 1);
+    if (version_out)
+        *version_out = (int)(last ? json_integer_value(json_object_get(last, "version")) + 1 : 1);
+    revisions__append(core, app, all, description, NULL, NULL);
     json_decref(all);
-    return rc;
+    return 0;
 }
 
-int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
-                                  int *version_out)
+void api_core__revision_if_changed_then(struct api_core *core, const struct store_app *app,
+                                        api_core_revised_fn *then, void *ctx)
 {
-    if (!app->droplet_guid)
-        return 0;
-    json_t *all = revisions__load(core, app->guid);
-    if (!all)
-        return -EIO;
+    json_t *all = app->droplet_guid ? revisions__load(core, app->guid) : NULL;
     json_t *last = json_array_get(all, json_array_size(all) - 1);
-    int rc = 0;
+    bool queued = false, failed = app->droplet_guid && !all;
     if (last) {
         json_t *env = revisions__env(app), *commands = revisions__commands(app);
         bool env_changed = !json_equal(env, json_object_get(last, "env"));
@@ -261,40 +326,78 @@ int api_core__revision_if_changed(struct api_core *core, const struct store_app 
             strcat(description, "custom start command updated; ");
         if (description[0]) {
             description[strlen(description) - 2] = '\0';
-            rc = revisions__append(core, app, all, description, version_out) < 0 ? -EIO : 1;
+            revisions__append(core, app, all, description, then, ctx);
+            queued = true;
         }
     }
     json_decref(all);
-    return rc;
+    if (!queued)
+        then(core, ctx, failed ? -EIO : 0, 0);
 }
 
-int api_core__revision_settings_restore(struct api_core *core, struct store_app *app)
+/* A failed deployment's settings put back: the revision they come from, for the log. */
+struct revisions_restore {
+    struct api_core *core;
+    char app_guid[37];
+    int version;
+};
+
+/* store_app_modify_async's change: the settings of the newest revision of the app's droplet
+ * (1: none, or nothing differs). */
+static int revisions__restore_change(void *ctx, struct store_app *app)
 {
+    struct revisions_restore *r = ctx;
     if (!app->droplet_guid)
-        return 0;
-    json_t *all = revisions__load(core, app->guid);
+        return 1;
+    json_t *all = revisions__load(r->core, app->guid);
     if (!all)
         return -EIO;
     json_t *rev = NULL;
     for (size_t i = json_array_size(all); i-- > 0 && !rev;) {
-        json_t *r = json_array_get(all, i);
-        if (!strcmp(app->droplet_guid, json_string_value(json_object_get(r, "droplet")) ?: ""))
-            rev = r;
+        json_t *one = json_array_get(all, i);
+        if (!strcmp(app->droplet_guid, json_string_value(json_object_get(one, "droplet")) ?: ""))
+            rev = one;
     }
-    int rc = 0;
+    int rc = 1;
     json_t *env = revisions__env(app), *commands = revisions__commands(app);
     if (rev && (!json_equal(env, json_object_get(rev, "env")) ||
                 !json_equal(commands, json_object_get(rev, "commands")))) {
         revisions__apply_settings(app, rev);
         app->updated_at = time_now_ms();
-        rc = store_app_update(core->cfg.store, app);
-        if (rc == 0)
-            rc = (int)json_integer_value(json_object_get(rev, "version"));
+        r->version = (int)json_integer_value(json_object_get(rev, "version"));
+        rc = 0;
     }
     json_decref(env);
     json_decref(commands);
     json_decref(all);
     return rc;
+}
+
+static void revisions__restored(void *ctx, int rc)
+{
+    struct revisions_restore *r = ctx;
+    if (rc == 0)
+        logs_appendf(r->core->cfg.logs, r->app_guid, "API", LOGS_OUT,
+                     "The environment and commands of revision %d, which ran before, are back",
+                     r->version);
+    else
+        log_error("api: the settings of revision %d of app %s were not put back: %s", r->version,
+                  r->app_guid, skiff_strerror(rc));
+    free(r);
+}
+
+void api_core__revision_settings_restore(struct api_core *core, const char *app_guid)
+{
+    struct revisions_restore *r = xcalloc(1, sizeof *r);
+    r->core = core;
+    snprintf(r->app_guid, sizeof r->app_guid, "%s", app_guid);
+    int rc = store_app_modify_async(core->cfg.store, app_guid, revisions__restore_change, r,
+                                    revisions__restored, r, NULL);
+    if (rc < 0 && rc != -ENOENT)
+        log_error("api: the settings of a revision of app %s were not put back: %s", app_guid,
+                  skiff_strerror(rc));
+    if (rc != 0)
+        free(r);
 }
 
 void api_core__revisions_forget(struct api_core *core, const char *app_guid)
@@ -353,6 +456,48 @@ static void revisions__list(struct api_request *req, void *ctx)
     store_app_free(app);
 }
 
+/* A rollback: the app's write, then its new revision's, then the answer. */
+struct revisions_rollback {
+    struct api_request *req;
+    struct store_app *app; /* as written */
+    json_int_t version;    /* the revision rolled back to */
+};
+
+static void revisions__rollback_recorded(struct api_core *core, void *ctx, int rc, int made)
+{
+    struct revisions_rollback *rb = ctx;
+    struct store_app *app = rb->app;
+    if (rc == 0)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                     "Rolled app %s back to revision %lld (droplet %s) as revision %d", app->name,
+                     (long long)rb->version, app->droplet_guid, made);
+    else
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                     "Rolled app %s back to revision %lld (droplet %s); its new revision was not "
+                     "recorded",
+                     app->name, (long long)rb->version, app->droplet_guid);
+    if (core->cfg.scheduler && !strcmp(app->state, "STARTED"))
+        scheduler_app_deploy(core->cfg.scheduler, app->guid, true);
+    api_core__respond_app(core, rb->req, 200, app);
+    store_app_free(app);
+    free(rb);
+}
+
+static void revisions__rolled_back(struct api_core *core, struct api_request *req,
+                                   struct store_app *app, void *ctx)
+{
+    struct revisions_rollback *rb = ctx;
+    if (!req) {
+        free(rb);
+        return;
+    }
+    rb->req = req;
+    rb->app = store_app_dup(app);
+    char description[64];
+    snprintf(description, sizeof description, "rollback to revision %lld", (long long)rb->version);
+    api_core__revision_add_then(core, rb->app, description, revisions__rollback_recorded, rb);
+}
+
 static void revisions__rollback(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -402,18 +547,11 @@ static void revisions__rollback(struct api_request *req, void *ctx)
     app->detected_buildpack = drop->buildpack ? xstrdup(drop->buildpack) : NULL;
     revisions__apply_settings(app, rev);
     app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the app"))
-        goto done;
-    char description[64];
-    snprintf(description, sizeof description, "rollback to revision %lld", (long long)version);
-    int made = 0;
-    api_core__revision_add(core, app, description, &made);
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
-                 "Rolled app %s back to revision %lld (droplet %s) as revision %d", app->name,
-                 (long long)version, droplet, made);
-    if (core->cfg.scheduler && !strcmp(app->state, "STARTED"))
-        scheduler_app_deploy(core->cfg.scheduler, app->guid, true);
-    api_core__respond_app(core, req, 200, app);
+    struct revisions_rollback *rb = xcalloc(1, sizeof *rb);
+    rb->version = version;
+    api_core__app_store_then(core, req, app, false, "cannot store the app", revisions__rolled_back,
+                             rb);
+    app = NULL;
 done:
     store_droplet_free(drop);
     json_decref(all);

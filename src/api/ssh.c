@@ -569,6 +569,15 @@ out:
     return enabled;
 }
 
+static void ssh__app_feature_stored(struct api_core *core, struct api_request *req,
+                                    struct store_app *app, void *ctx)
+{
+    (void)core, (void)ctx;
+    if (req)
+        api_respond_json(req, 200,
+                         json_pack("{s:s, s:b}", "name", "ssh", "enabled", !app->ssh_disabled));
+}
+
 /* PATCH /v1/apps/NAME/features/ssh {"enabled": B}: enable-ssh / disable-ssh. Sessions already
  * open stay open, as in Cloud Foundry; new ones are refused. */
 static void ssh__app_feature_patch(struct api_request *req, void *ctx)
@@ -583,9 +592,9 @@ static void ssh__app_feature_patch(struct api_request *req, void *ctx)
     if (enabled < 0)
         goto out;
     app->ssh_disabled = !enabled;
-    if (!api_core__app_update(core, req, app, "cannot store the app's ssh setting"))
-        goto out;
-    api_respond_json(req, 200, json_pack("{s:s, s:b}", "name", "ssh", "enabled", enabled));
+    api_core__app_store_then(core, req, app, false, "cannot store the app's ssh setting",
+                             ssh__app_feature_stored, NULL);
+    return;
 out:
     store_app_free(app);
 }

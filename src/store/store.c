@@ -193,29 +193,65 @@ int store_app_get_fresh(struct store *st, const char *ref, struct store_app **ou
     return st->ops->app_get(st->backend, ref, out);
 }
 
+/* The app by "SPACE/NAME", else by the bare name or guid (space not checked yet). */
+static int store__app_lookup(struct store *st, const char *ref, const char *name_or_guid,
+                             bool fresh, struct store_app **app)
+{
+    int rc = fresh ? store_app_get_fresh(st, ref, app) : store_app_get(st, ref, app);
+    if (rc == -ENOENT)
+        rc = fresh ? store_app_get_fresh(st, name_or_guid, app)
+                   : store_app_get(st, name_or_guid, app);
+    return rc;
+}
+
+/* A lookup's answer in space_guid: a guid of another space's app, or a name of the default
+ * space's, is not found. Takes app. */
+static int store__app_in_space(const char *space_guid, int rc, struct store_app *app,
+                               struct store_app **out)
+{
+    if (rc == 0 && strcmp(app->space_guid, space_guid))
+        rc = -ENOENT;
+    if (rc == 0)
+        *out = app;
+    else
+        store_app_free(app);
+    return rc;
+}
+
 int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
                    struct store_app **out)
 {
     char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
     struct store_app *app = NULL;
-    int rc = store_app_get(st, ref, &app);
-    if (rc == -ENOENT)
-        rc = store_app_get(st, name_or_guid, &app);
+    int rc = store__app_lookup(st, ref, name_or_guid, false, &app);
     /* not in the copy: made through another skiffd a moment ago, before the feed said so? */
-    if (rc == -ENOENT && st->ops->app_get_fresh) {
-        rc = store_app_get_fresh(st, ref, &app);
-        if (rc == -ENOENT)
-            rc = store_app_get_fresh(st, name_or_guid, &app);
-    }
+    if (rc == -ENOENT && st->ops->app_get_fresh)
+        rc = store__app_lookup(st, ref, name_or_guid, true, &app);
     free(ref);
-    if (rc == 0 && strcmp(app->space_guid, space_guid)) {
-        /* a guid of another space's app, or a name of the default space's */
-        store_app_free(app);
+    return store__app_in_space(space_guid, rc, app, out);
+}
+
+int store_app_find_or_read(struct store *st, const char *space_guid, const char *name_or_guid,
+                           struct store_app **out, store_app_found_fn *done, void *ctx)
+{
+    char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
+    struct store_app *app = NULL;
+    int rc = store__app_lookup(st, ref, name_or_guid, false, &app);
+    if (rc != -ENOENT || !st->ops->app_get_fresh || !st->ops->submit) {
+        free(ref);
+        return store__app_in_space(space_guid, rc, app, out);
+    }
+    /* gone without asking the server, as store_app_get_fresh answers */
+    if (st->ops->app_deleting && (st->ops->app_deleting(st->backend, ref) ||
+                                  st->ops->app_deleting(st->backend, name_or_guid))) {
+        free(ref);
         return -ENOENT;
     }
-    if (rc == 0)
-        *out = app;
-    return rc;
+    struct store_write *w = store_write_new(STORE_READ_APP, ref, name_or_guid, NULL, NULL, ctx);
+    w->done_app = done;
+    free(ref);
+    rc = st->ops->submit(st->backend, w);
+    return rc < 0 ? rc : -EINPROGRESS;
 }
 
 int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out, size_t *n)
@@ -829,6 +865,10 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "read of app %s", w->id);
     else if (store__domain_write_name(w, buf, size))
         return;
+    else if (w->op == STORE_WRITE_DROPLET_DELETE)
+        snprintf(buf, size, "delete of droplet %s", w->id);
+    else if (w->op == STORE_READ_APP)
+        snprintf(buf, size, "read of app %s", w->kind);
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
@@ -851,7 +891,17 @@ void store_write_report(struct store_write *w)
 {
     if (store__domain_write_report(w))
         return;
-    if (w->op == STORE_READ_PACKAGE) {
+    if (w->op == STORE_READ_APP) {
+        char space[37];
+        store_ref_split(w->kind, space);
+        struct store_app *app = NULL;
+        int rc = store__app_in_space(space, w->rc, w->app, &app);
+        w->app = NULL;
+        if (w->done_app)
+            w->done_app(w->ctx, rc, app);
+        else
+            store_app_free(app);
+    } else if (w->op == STORE_READ_PACKAGE) {
         struct store_package *pkg = w->rc < 0 ? NULL : store__package_take(&w->pkg);
         if (w->done_package)
             w->done_package(w->ctx, w->rc, pkg);
@@ -959,6 +1009,11 @@ static int store__write_now(struct store *st, struct store_write *w)
         rc = store_app_get_fresh(st, w->id, &w->app);
         if (rc == 0 && strcmp(w->app->guid, w->id))
             rc = -ENOENT; /* a name that happens to look like the guid asked for */
+        break;
+    case STORE_WRITE_DROPLET_DELETE:
+        rc = st->ops->droplet_delete(st->backend, w->id);
+        break;
+    case STORE_READ_APP: /* never queued here: store_app_find_or_read answers at once */
         break;
     case STORE_WRITE_CALL:
         rc = w->call(st->backend, w->arg);
@@ -1457,4 +1512,12 @@ int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id
                               store_doc_fn *done, void *ctx)
 {
     return store__queue(st, store_write_doc_fresh(kind, id, done, ctx));
+}
+
+/* ---- revisions and app settings off the caller's thread ------------------------------------- */
+
+int store_droplet_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
+{
+    return store__queue(st,
+                        store_write_new(STORE_WRITE_DROPLET_DELETE, NULL, guid, NULL, done, ctx));
 }

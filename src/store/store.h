@@ -448,6 +448,8 @@ int store_doc_replace(struct store *st, const char *kind, const char *id, const 
  * returns. done may be NULL. A write that cannot be queued (the store is closing after its
  * writer was given up) returns a negative errno and done is not called. */
 typedef void store_done_fn(void *ctx, int rc);
+/* An app read off the caller's thread (store_app_find_or_read). */
+typedef void store_app_found_fn(void *ctx, int rc, struct store_app *app);
 
 int store_doc_put_async(struct store *st, const char *kind, const char *id, const char *json,
                         store_done_fn *done, void *ctx);
@@ -610,5 +612,20 @@ int store_doc_replace_async(struct store *st, const char *kind, const char *id,
 typedef void store_doc_fn(void *ctx, int rc, const char *json);
 int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id,
                               store_doc_fn *done, void *ctx);
+
+/* Revisions and app settings */
+/* store_droplet_delete through the same writer, in turn with the others: queued, returning at
+ * once, done(ctx, rc) getting what store_droplet_delete would have returned (-ENOENT: no such
+ * droplet). store_droplet_get no longer finds it from the call on; one refused by the server
+ * is read from it again. On SQLite, made during the call. */
+int store_droplet_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
+/* store_app_find without its fresh read on the caller's thread. The copy's answer (and
+ * SQLite's) is returned at once, as store_app_find's, and done is not called. When the copy
+ * (PostgreSQL) holds no such app, the read from the database that store_app_find would make
+ * is queued through the writer, in turn with the writes, and -EINPROGRESS returned:
+ * done(ctx, rc, app) is called from store_async_reap with store_app_find's answer (app the
+ * callback's; NULL unless rc is 0), and an app found goes into the copy. */
+int store_app_find_or_read(struct store *st, const char *space_guid, const char *name_or_guid,
+                           struct store_app **out, store_app_found_fn *done, void *ctx);
 
 #endif

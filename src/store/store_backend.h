@@ -47,6 +47,10 @@ enum store_write_op {
     STORE_WRITE_PRUNE,
     STORE_READ_PACKAGE,   /* store_package_get_async: id, the package's guid; pkg, what it read */
     STORE_READ_APP_FRESH, /* store_app_get_fresh_async: id, the app's guid; app, what it read */
+    STORE_WRITE_DROPLET_DELETE, /* store_droplet_delete(_async): id, the droplet's guid */
+    /* store_app_find_or_read's fresh read, in turn with the writes: kind "SPACE/NAME", id the
+     * bare name or guid; app what was read (NULL: none) */
+    STORE_READ_APP,
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
@@ -83,7 +87,7 @@ struct store_write {
     struct store_package pkg; /* STORE_WRITE_PACKAGE_ADD, STORE_READ_PACKAGE: the write's own */
     struct store_droplet drop;      /* STORE_WRITE_DROPLET_ADD: the write's own copy */
     store_package_fn *done_package; /* STORE_READ_PACKAGE */
-    store_app_fn *done_app;         /* STORE_READ_APP_FRESH */
+    store_app_fn *done_app;         /* STORE_READ_APP_FRESH, STORE_READ_APP */
     int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
     void *arg;
     const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
@@ -159,6 +163,8 @@ struct store_ops {
     int (*app_get)(struct store_backend *b, const char *ref, struct store_app **out);
     /* NULL where app_get reads the database itself */
     int (*app_get_fresh)(struct store_backend *b, const char *ref, struct store_app **out);
+    /* whether ref names an app whose deletion is queued (NULL where none ever is) */
+    bool (*app_deleting)(struct store_backend *b, const char *ref);
     int (*app_list_in)(struct store_backend *b, const char *space_guid, struct store_app ***out,
                        size_t *n);
     int (*app_delete)(struct store_backend *b, const char *guid);

@@ -363,12 +363,9 @@ struct store_backend {
     uint64_t tasks_gen, tasks_at;
 };
 
-/* A write made by the writer's thread in turn with the queued ones (fn on the writer's own
- * backend, arg the caller's), awaited: what fn returned, or -ECANCELED when the writer has
- * stopped. what names it in messages ("add of a route"). */
-typedef int pg_call_fn(struct store_backend *wb, void *arg);
-static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg);
-/* As pg__call for a queued write w (taken); *refs (when not NULL) gets what it read. */
+/* A queued write w (taken) made by the writer's thread in turn with the others, awaited:
+ * what it returned, or -ECANCELED when the writer has stopped; *refs (when not NULL) gets what
+ * it read. */
 static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs);
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
@@ -1428,6 +1425,7 @@ static bool pg__is_pending_write(const struct store_write *w)
     case STORE_WRITE_PACKAGE_ADD:
     case STORE_WRITE_DROPLET_ADD:
     case STORE_WRITE_PRUNE:
+    case STORE_WRITE_DROPLET_DELETE:
         return true;
     default:
         return false;
@@ -1555,16 +1553,20 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     return pg__app_unless_deleting(b, pg__app_get_read(b, ref, out), out);
 }
 
+static bool pg__app_ref_deleting(struct store_backend *b, const char *ref)
+{
+    struct store_app *seen = NULL;
+    bool gone =
+        b->n_pending && pg__app_get_read(b, ref, &seen) == 0 && pg__app_deleting(b, seen->guid);
+    store_app_free(seen);
+    return gone;
+}
+
 /* An app queued for deletion is gone without asking the server (which may not answer). */
 static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
 {
-    struct store_app *seen = NULL;
-    if (b->n_pending && pg__app_get_read(b, ref, &seen) == 0) {
-        bool gone = pg__app_deleting(b, seen->guid);
-        store_app_free(seen);
-        if (gone)
-            return -ENOENT;
-    }
+    if (pg__app_ref_deleting(b, ref))
+        return -ENOENT;
     return pg__app_unless_deleting(b, pg__app_get_fresh_read(b, ref, out), out);
 }
 
@@ -2574,6 +2576,9 @@ static void pg__drops_forget(struct store_backend *b, const char *app_guid, cons
  * droplet at every converge turn, which must not wait for the server each time. */
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (b->pending[i]->op == STORE_WRITE_DROPLET_DELETE && !strcmp(b->pending[i]->id, guid))
+            return -ENOENT; /* its deletion is queued */
     const struct store_write *add = NULL;
     int queued = pg__artifact_queued(b, true, guid, &add);
     if (queued < 0 || add) {
@@ -2614,9 +2619,7 @@ static int pg__droplet_delete_now(struct store_backend *b, void *arg)
 
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
-    int rc = pg__call(b, "delete of a droplet", pg__droplet_delete_now, (void *)guid);
-    pg__drops_forget(b, NULL, NULL, guid);
-    return rc;
+    return pg__await(b, store_write_new(STORE_WRITE_DROPLET_DELETE, NULL, guid, NULL, NULL, NULL));
 }
 
 /* Deletes the app's rows of one table other than keep, appending their paths. The table is
@@ -3160,6 +3163,14 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         store_app_free(w->app); /* a try before a lost connection */
         w->app = NULL;
         return pg__app_get_query(wb, w->id, &w->app);
+    case STORE_WRITE_DROPLET_DELETE:
+        return pg__droplet_delete_now(wb, (void *)w->id);
+    case STORE_READ_APP: {
+        store_app_free(w->app); /* a try before a lost connection */
+        w->app = NULL;
+        int rc = pg__app_get_query(wb, w->kind, &w->app);
+        return rc == -ENOENT ? pg__app_get_query(wb, w->id, &w->app) : rc;
+    }
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     case STORE_WRITE_DOC_REPLACE: {
@@ -3644,6 +3655,10 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         b->tview_ok = false;
     if (route && !(routes_took && first_route))
         b->rview_ok = false;
+    if (w->op == STORE_WRITE_DROPLET_DELETE) {
+        pg__drops_forget(b, NULL, NULL, w->id); /* gone, or read again when refused */
+        return;
+    }
     if (!w->finished)
         return;
     if (w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
@@ -3673,9 +3688,37 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         b->routes_gen++;
 }
 
+/* A queued read of an app as it finished: what was read goes into the copy, as
+ * pg__app_get_fresh_read's does; an app queued for deletion or written since is answered as
+ * the reads after the call see it. */
+static void pg__app_read_finished(struct store_backend *b, struct store_write *w)
+{
+    if (w->rc != 0)
+        return;
+    const struct store_app *queued = pg__queued_app(b, w->app->guid);
+    if (pg__app_deleting(b, w->app->guid)) {
+        store_app_free(w->app);
+        w->app = NULL;
+        w->rc = -ENOENT;
+        return;
+    }
+    if (queued) {
+        store_app_free(w->app);
+        w->app = store_app_dup(queued);
+        return;
+    }
+    pg__feed_read(b);
+    if (b->feed_state == PG_FEED_ON && b->apps && b->apps_at == b->apps_gen)
+        pg__cache_put(b, w->app->guid, store_app_dup(w->app));
+}
+
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_APP) {
+        pg__app_read_finished(b, w);
+        return;
+    }
     if (w->op == STORE_READ_APP_FRESH) {
         pg__app_fresh_finished(b, w);
         return;
@@ -3841,15 +3884,6 @@ static int pg__await_refs(struct store_backend *b, struct store_write *w, char *
         pg__domain_finished(b, w);
     }
     return rc;
-}
-
-static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg)
-{
-    struct store_write *w = store_write_new(STORE_WRITE_CALL, NULL, NULL, NULL, NULL, NULL);
-    w->call = fn;
-    w->arg = arg;
-    w->what = what;
-    return pg__await(b, w);
 }
 
 static int pg__async_fd(struct store_backend *b)
@@ -4322,6 +4356,7 @@ const struct store_ops store_pg_ops = {
     .app_update = pg__app_update,
     .app_get = pg__app_get,
     .app_get_fresh = pg__app_get_fresh,
+    .app_deleting = pg__app_ref_deleting,
     .app_list_in = pg__app_list_in,
     .app_delete = pg__app_delete,
     .route_add = pg__route_add,

@@ -514,3 +514,123 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
     finally:
         resume(pids)
         p.close()
+
+
+def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
+    """An environment set, an autoscaling policy set, ssh turned off and a rollback sent while
+    the server is stopped: each request waits for its writes (the app's, and the rollback's
+    revision record after it), which the store's writer makes once the server answers again;
+    the other API calls are answered meanwhile, and already show the app writes."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "tuned"})
+        assert status == 201, body
+        files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
+        for _ in range(2):  # two stagings: revisions 1 and 2
+            deploy_bits(p, "kept", files, {"instances": 1, "memory_mb": 32})
+        assert p.api("POST", "/v1/apps/kept/stop")[0] == 200
+        status, body = p.api("GET", "/v1/apps/kept/revisions")
+        assert status == 200, body
+        revs = {r["version"]: r["droplet"] for r in body["revisions"]}
+        assert sorted(revs) == [1, 2] and revs[1] != revs[2], body
+        assert app_field(p, "kept", "droplet") == revs[2]
+        status, body = p.api("GET", "/v1/apps/tuned/ssh_enabled")
+        assert status == 200 and body["app_enabled"] is True, body
+
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, env = get("/v1/apps/tuned/env")
+            assert status == 200, env
+            status, policy = get("/v1/apps/tuned/autoscale")
+            assert status == 200, policy
+            status, ssh = get("/v1/apps/tuned/ssh_enabled")
+            assert status == 200, ssh
+            status, kept = get("/v1/apps/kept")
+            assert status == 200, kept
+            return (env["env"].get("FLAVOUR") == "paused" and policy["policy"] and
+                    policy["policy"]["max_instances"] == 4 and ssh["app_enabled"] is False and
+                    kept["droplet"] == revs[1])
+
+        answers, calls = writes_while_paused(
+            p, pids, [("env", "PUT", "/v1/apps/tuned/env", {"FLAVOUR": "paused"}),
+                      ("autoscale", "PUT", "/v1/apps/tuned/autoscale",
+                       {"min_instances": 0, "max_instances": 4, "target_concurrency": 10}),
+                      ("ssh", "PATCH", "/v1/apps/tuned/features/ssh", {"enabled": False}),
+                      ("rollback", "POST", "/v1/apps/kept/rollback", {"revision": 1})],
+            seen_in)
+        assert queued_writes(p) >= 4
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["env"][0][0] == 200, answers
+        assert answers["env"][0][1]["env"]["FLAVOUR"] == "paused", answers
+        assert answers["autoscale"][0][0] == 200, answers
+        assert answers["autoscale"][0][1]["policy"]["max_instances"] == 4, answers
+        assert answers["ssh"][0][0] == 200, answers
+        assert answers["ssh"][0][1]["enabled"] is False, answers
+        assert answers["rollback"][0][0] == 200, answers
+        assert answers["rollback"][0][1]["droplet"] == revs[1], answers
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        # the rollback's revision was recorded before its answer
+        status, body = p.api("GET", "/v1/apps/kept/revisions")
+        assert status == 200, body
+        assert [(r["version"], r["description"], r["droplet"]) for r in body["revisions"]][0] == \
+            (3, "rollback to revision 1", revs[1]), body
+        # as the database itself holds them
+        assert db_rows(url, "SELECT e.value FROM env_vars e JOIN apps a ON a.guid = e.app_guid "
+                            "WHERE a.name = 'tuned' AND e.name = 'FLAVOUR'") == ["paused"]
+        assert db_rows(url, "SELECT ssh_disabled FROM apps WHERE name = 'tuned'") == ["1"]
+        assert db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'kept'") == [revs[1]]
+        out = p.output()
+        assert "lost a queued write" not in out and "not recorded" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
+
+
+def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_api_does_not(
+        pg_dir):
+    """An app name skiffd's copy does not hold (none, or one another skiffd made a moment
+    ago) is read from the database off the loop: a GET of an unknown app and a create of a new
+    name, sent while the server is stopped, wait for that read; the other API calls are
+    answered meanwhile, and the two are answered (404, 201) once the server answers again."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "known"})
+        assert status == 201, body
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, listed = get("/v1/apps")
+            assert status == 200, listed
+            status, known = get("/v1/apps/known/ssh_enabled")  # a lookup the copy answers
+            assert status == 200, known
+            return [a["name"] for a in listed["apps"]] == ["known"]
+
+        answers, calls = writes_while_paused(
+            p, pids, [("ghost", "GET", "/v1/apps/ghost"),
+                      ("create", "POST", "/v1/apps", {"name": "fresh"})], seen_in)
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["ghost"][0][0] == 404, answers
+        assert "no app named" in answers["ghost"][0][1]["error"]["message"], answers
+        assert answers["create"][0][0] == 201, answers
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT name FROM apps ORDER BY name") == ["fresh", "known"]
+        # the name is taken now, and says so at once
+        status, body = p.api("POST", "/v1/apps", {"name": "fresh"})
+        assert status == 409, body
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()

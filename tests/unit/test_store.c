@@ -3444,6 +3444,203 @@ test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(
     remove_db(path);
 }
 
+/* A droplet's queued deletion is made in turn with the writes queued around it (a revision's
+ * document, an app's settings) and reported in order, one of nothing with -ENOENT; from the
+ * call on (on PostgreSQL while the writer is held by a document row another transaction
+ * locks, and another store still finds the droplet) store_droplet_get no longer finds it. */
+static void test_queued_droplet_deletes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_droplet d1 = {.app_guid = app->guid, .path = "/dr/1", .digest = "sha256:ab"};
+    struct store_droplet d2 = {.app_guid = app->guid, .path = "/dr/2", .digest = "sha256:cd"};
+    uuid_generate_v4(d1.guid);
+    uuid_generate_v4(d2.guid);
+    assert_int_equal(store_droplet_add(st, &d1), 0);
+    assert_int_equal(store_droplet_add(st, &d2), 0);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0); /* in the copy */
+    store_droplet_free(d);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_droplet_delete_async(st, d1.guid, note_done, done_tag(&log, 1)), 0);
+    char nobody[37];
+    uuid_generate_v4(nobody);
+    assert_int_equal(store_droplet_delete_async(st, nobody, note_done, done_tag(&log, 2)), 0);
+    free(app->env[0].value);
+    app->env[0].value = strdup("changed");
+    assert_int_equal(store_app_update_async(st, app, note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_droplet_delete_async(st, d2.guid, note_done, done_tag(&log, 4)), 0);
+    if (hold) {
+        assert_int_equal(store_async_queued(st), 5); /* all wait behind the held row */
+        d = NULL;
+        assert_int_equal(store_droplet_get(other, d1.guid, &d), 0); /* not made yet */
+        store_droplet_free(d);
+    }
+    for (int pass = 0; pass < 3; pass++) {
+        d = NULL;
+        assert_int_equal(store_droplet_get(st, d1.guid, &d), -ENOENT);
+        assert_int_equal(store_droplet_get(st, d2.guid, &d), -ENOENT);
+        assert_null(d);
+        struct store_app *read = NULL;
+        assert_int_equal(store_app_get(st, app->guid, &read), 0);
+        assert_string_equal(read->env[0].value, "changed");
+        store_app_free(read);
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 5);
+            int want[5] = {0, 0, -ENOENT, 0, 0};
+            for (int i = 0; i < 5; i++) {
+                assert_int_equal(log.order[i], i);
+                assert_int_equal(log.rc[i], want[i]);
+            }
+            assert_int_equal(store_async_queued(st), 0);
+        } else if (pass == 1) { /* as the database holds it */
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    d = NULL;
+    assert_int_equal(store_droplet_get(other, d2.guid, &d), -ENOENT);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* What a store_app_find_or_read callback heard: calls, its rc and the app's guid, and how
+ * many of the writes of log had been reported before it. */
+struct found_log {
+    struct done_log *log;
+    int calls, rc, after;
+    char guid[37];
+};
+
+static void note_found(void *ctx, int rc, struct store_app *app)
+{
+    struct found_log *l = ctx;
+    l->calls++;
+    l->rc = rc;
+    l->after = l->log->n;
+    snprintf(l->guid, sizeof l->guid, "%s", app ? app->guid : "");
+    assert_true(rc == 0 ? app != NULL : app == NULL);
+    store_app_free(app);
+}
+
+/* An app the copy holds is found at once; one it does not (on PostgreSQL: written by another
+ * store whose news never comes) is read through the writer, in turn after the write queued
+ * before it (held behind a document row another transaction locks: nothing is reported
+ * meanwhile), and reported through the callback: found, then in the copy; absent; another
+ * space's app by guid not found. One queued for deletion is not found, at once. On SQLite
+ * every answer comes at once. */
+static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    struct store_app *away = sample_app("away"), *got = NULL;
+    snprintf(away->space_guid, sizeof away->space_guid, "%s",
+             "0b0b0b0b-0000-4000-8000-000000000001");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* the copy loaded */
+    store_app_free(got);
+    if (on_pg(path))
+        raw_sql(path, "ALTER TABLE apps DISABLE TRIGGER USER");
+    assert_int_equal(store_app_create(other, cart), 0);
+    assert_int_equal(store_app_create(other, away), 0);
+
+    struct done_log log = {0};
+    struct found_log hit = {.log = &log};
+    got = NULL;
+    assert_int_equal(
+        store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "shop", &got, note_found, &hit), 0);
+    assert_string_equal(got->guid, shop->guid);
+    store_app_free(got);
+    assert_int_equal(hit.calls, 0);
+
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    struct found_log lc = {.log = &log}, ln = {.log = &log}, la = {.log = &log};
+    got = NULL;
+    int rc_c = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "cart", &got, note_found, &lc);
+    struct store_app *none = NULL, *other_space = NULL;
+    int rc_n = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "none", &none, note_found, &ln);
+    int rc_a = store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, away->guid, &other_space,
+                                      note_found, &la);
+    assert_null(none);
+    assert_null(other_space);
+    /* an app queued for deletion is not found, and nothing is read for it */
+    assert_int_equal(store_app_delete_async(st, shop->guid, note_done, done_tag(&log, 1)), 0);
+    struct found_log ld = {.log = &log};
+    assert_int_equal(
+        store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "shop", &none, note_found, &ld),
+        -ENOENT);
+    assert_int_equal(
+        store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, shop->guid, &none, note_found, &ld),
+        -ENOENT);
+    assert_null(none);
+    if (hold) {
+        assert_int_equal(rc_c, -EINPROGRESS);
+        assert_int_equal(rc_n, -EINPROGRESS);
+        assert_int_equal(rc_a, -EINPROGRESS);
+        assert_null(got);
+        assert_int_equal(store_async_queued(st), 5); /* behind the held write */
+        usleep(100 * 1000);
+        store_async_reap(st);
+        assert_int_equal(lc.calls + ln.calls + la.calls + log.n, 0);
+        hold_release(hold);
+        for (int i = 0; i < 2000 && log.n < 2; i++) {
+            store_async_reap(st);
+            if (log.n < 2)
+                usleep(10 * 1000);
+        }
+        assert_int_equal(log.n, 2);
+        assert_int_equal(log.rc[0], 0);
+        assert_int_equal(log.rc[1], 0);
+        assert_int_equal(lc.calls, 1);
+        assert_int_equal(lc.rc, 0);
+        assert_string_equal(lc.guid, cart->guid);
+        assert_int_equal(lc.after, 1); /* after the write queued before it */
+        assert_int_equal(ln.calls, 1);
+        assert_int_equal(ln.rc, -ENOENT);
+        assert_int_equal(la.calls, 1);
+        assert_int_equal(la.rc, -ENOENT);
+        /* the copy holds what was read: found at once now */
+        got = NULL;
+        assert_int_equal(
+            store_app_find_or_read(st, STORE_DEFAULT_SPACE_GUID, "cart", &got, note_found, &lc), 0);
+        assert_string_equal(got->guid, cart->guid);
+        store_app_free(got);
+        assert_int_equal(lc.calls, 1);
+        raw_sql(path, "ALTER TABLE apps ENABLE TRIGGER USER");
+    } else {
+        assert_int_equal(rc_c, 0);
+        assert_string_equal(got->guid, cart->guid);
+        store_app_free(got);
+        assert_int_equal(rc_n, -ENOENT);
+        assert_int_equal(rc_a, -ENOENT);
+        assert_int_equal(lc.calls + ln.calls + la.calls, 0);
+        assert_int_equal(log.n, 2);
+    }
+    assert_int_equal(ld.calls, 0);
+    store_app_free(shop);
+    store_app_free(cart);
+    store_app_free(away);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -3502,7 +3699,9 @@ test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(
         cmocka_unit_test(                                                                          \
             test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once),         \
         cmocka_unit_test(                                                                          \
-            test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback)
+            test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback),      \
+        cmocka_unit_test(test_queued_droplet_deletes_land_in_order_and_are_read_at_once),          \
+        cmocka_unit_test(test_an_app_missing_from_the_copy_is_read_off_the_callers_thread)
 
 int main(void)
 {
