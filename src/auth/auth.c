@@ -2596,6 +2596,11 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
     *out = a;
     return 0;
 fail:
+    if (*new_admin_password) { /* its user was not made after all */
+        sodium_memzero(*new_admin_password, strlen(*new_admin_password));
+        free(*new_admin_password);
+        *new_admin_password = NULL;
+    }
     auth_free(a);
     return rc;
 }

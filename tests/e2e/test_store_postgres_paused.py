@@ -325,12 +325,12 @@ def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_
 
 
 def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir):
-    """With --store-queue-max 3 and the server stopped, heartbeats fill the store's queue; a
+    """With --store-queue-max 50 and the server stopped, heartbeats fill the store's queue; a
     stage whose package must be read from the server (a skiffd started since the upload) is
     then refused at once with 503 saying the database is not answering and how many writes
     wait, rather than waiting; once the server answers it stages."""
     url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url, "--store-queue-max", "3"],
+    p = Platform(extra_args=["--store", url, "--store-queue-max", "50"],
                  extra_env={"SKIFF_CELL_HEARTBEAT_MS": "100"}).start()
     pids = []
     try:
@@ -343,12 +343,12 @@ def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir
 
         pids = postgres_server_pids(pg_dir)
         pause(pids)
-        p.wait_for(lambda: queued_writes(p) >= 3, timeout=10,
+        p.wait_for(lambda: queued_writes(p) >= 50, timeout=30,
                    what="heartbeats to fill the store's queue")
         (status, body), took = timed(lambda: p.api("POST", "/v1/apps/site/restage"))
         assert status == 503, body
         assert took < 1.0, f"the refusal took {took:.2f} s"
-        assert "the database is not answering; 3 writes wait" in body["error"]["message"], body
+        assert "the database is not answering; 50 writes wait" in body["error"]["message"], body
         info, took = timed(p.info)
         assert info and took < 1.0, took
 
