@@ -557,11 +557,6 @@ struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
     return pick(r, skip, skip_count, start, true);
 }
 
-bool route_has_backend_up(struct route *r)
-{
-    return r->backend_count > 0 && pick(r, NULL, 0, 0, true) != NULL;
-}
-
 void route_backend_mark_down(struct route_backend *b, int ms)
 {
     __atomic_store_n(&b->mark->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);

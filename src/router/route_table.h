@@ -157,9 +157,6 @@ struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
 struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
                                             struct route_backend *const *skip, size_t skip_count);
 
-/* Whether any of r's backends is not marked down now. */
-bool route_has_backend_up(struct route *r);
-
 /* Parses a backend address ("1.2.3.4:80", "[::1]:80") exactly as backends are parsed, so the
  * result compares equal (memcmp) to a backend's addr. -EINVAL when it is not one. */
 int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len);

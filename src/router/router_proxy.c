@@ -3852,8 +3852,7 @@ static void exchange_backend_lost(struct exchange *x, bool fresh)
                           : route_table_lookup(h->table, x->req.raw.data + x->host_off, x->host_len,
                                                url, x->url_len);
     /* only to the same app: the table may have given the path to another one meanwhile */
-    if (!why && (!r || r->backend_count == 0 || strcmp(r->app_guid, x->route->app_guid) != 0 ||
-                 !route_has_backend_up(r)))
+    if (!why && (!r || r->backend_count == 0 || strcmp(r->app_guid, x->route->app_guid) != 0))
         why = "The app's instance was lost (its host is unreachable) before it answered, and "
               "no other instance is there to take the request.";
     if (why) {

@@ -166,26 +166,6 @@ def test_a_post_on_a_kept_alive_connection_to_a_lost_host_is_a_502_sent_once(
     assert far_host.requests() == ["GET /warm"]
 
 
-def test_a_get_to_a_route_whose_only_instance_is_lost_is_a_502_at_once(
-        router_factory, bus, backends, far_host):
-    """far.localhost has far alone: once far is seen lost, the GET is answered 502
-    backend-lost, not sent to far again over a new connection that would only end at the
-    connect timeout (502 backend-unreachable)."""
-    r = start(router_factory, far_host, backends("good"))
-    kept_alive_to(r, far_host)
-    far_host.lose()
-    connects = r.metric('skiff_router_upstream_connections_total{reused="false"}')
-    c = Client(r.port, timeout=30)
-    resp = c.request(host="far.localhost", path="/get")
-    log = r.log()
-    assert resp.status == 502, (resp.status, resp.body, log[-2000:])
-    assert resp.headers["x-skiff-router-error"] == "backend-lost", (resp.headers, resp.body)
-    assert r.metric('skiff_router_upstream_connections_total{reused="false"}') == connects
-    assert "backend %s acknowledged nothing of a request" % far_host.addr in log
-    c.close()
-    assert far_host.requests() == ["GET /warm"]
-
-
 def test_a_get_its_lost_host_had_acknowledged_is_answered_by_another(router_factory, bus,
                                                                       backends, far_host):
     """The host had the whole request and its app was working on it when the host vanished:
