@@ -138,6 +138,22 @@ class Prober:
         self.thread.join(10)
 
 
+def lone_leader_serving(made, pg_dir, nats, name):
+    """A keeper started alone (appended to made), leading, with one instance of the app name
+    running and served through its router: (the platform, the instance's guid, its pid)."""
+    a = keeper(pg_dir, nats, "zone-a")
+    made.append(a)
+    a.start()
+    wait_for(lambda: leading(a), 15, "the skiffd to lead")
+    deploy(a, name, 1)
+    wait_for(lambda: len(running(a, name)) == 1, 60, "the instance to run")
+    wait_for(lambda: serves(a, name), 20, "the router to serve the app")
+    guid = running(a, name)[0]["guid"]
+    pid = pid_of(a, guid)
+    assert pid
+    return a, guid, pid
+
+
 def end_leader_session(pg_dir, p):
     ended = psql(pg_dir, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                          f"WHERE application_name = 'skiffd leader {this_cell(p)}'")
@@ -221,15 +237,7 @@ def test_a_restart_asked_of_a_follower_that_keeps_instances_is_carried_out_by_th
 def test_a_restart_asked_of_a_skiffd_that_holds_its_instances_waits_for_a_leader(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
-        a = keeper(pg_dir, nats, "zone-a")
-        made.append(a)
-        a.start()
-        wait_for(lambda: leading(a), 15, "the skiffd to lead")
-        deploy(a, "held", 1)
-        wait_for(lambda: len(running(a, "held")) == 1, 60, "the instance to run")
-        wait_for(lambda: serves(a, "held"), 20, "the router to serve the app")
-        guid = running(a, "held")[0]["guid"]
-        pid = pid_of(a, guid)
+        a, guid, pid = lone_leader_serving(made, pg_dir, nats, "held")
         end_leader_session(pg_dir, a)
         wait_for(lambda: "[LEADER] this skiffd stopped leading" in a.output(), 5,
                  "the skiffd to see its session end")
@@ -252,16 +260,7 @@ def test_a_restart_asked_of_a_skiffd_that_holds_its_instances_waits_for_a_leader
 def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
-        a = keeper(pg_dir, nats, "zone-a")
-        made.append(a)
-        a.start()
-        wait_for(lambda: leading(a), 15, "the skiffd to lead")
-        deploy(a, "alone", 1)
-        wait_for(lambda: len(running(a, "alone")) == 1, 60, "the instance to run")
-        wait_for(lambda: serves(a, "alone"), 20, "the router to serve the app")
-        guid = running(a, "alone")[0]["guid"]
-        pid = pid_of(a, guid)
-        assert pid
+        a, guid, pid = lone_leader_serving(made, pg_dir, nats, "alone")
         with Prober(a, "alone") as probe:
             ended = time.monotonic()
             end_leader_session(pg_dir, a)
@@ -269,7 +268,8 @@ def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
                      "the skiffd to see its session end")
             wait_for(lambda: leading(a), 15, "the skiffd to lead again")
             again = time.monotonic() - ended
-            time.sleep(1)  # a second of requests after it leads again
+            sent = probe.sent  # a second of requests (20, one each 50 ms) after it leads again
+            wait_for(lambda: probe.sent >= sent + 20, 15, "20 requests after it leads again")
         print("led again %.1f s after its session ended; %d of %d requests through its router "
               "failed" % (again, probe.failed, probe.sent))
         assert probe.failed == 0, probe.failures
@@ -316,16 +316,7 @@ class Forger:
 def test_a_leader_that_lost_its_session_keeps_its_instances_despite_forged_heartbeats(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
-        a = keeper(pg_dir, nats, "zone-a")
-        made.append(a)
-        a.start()
-        wait_for(lambda: leading(a), 15, "the skiffd to lead")
-        deploy(a, "forged", 1)
-        wait_for(lambda: len(running(a, "forged")) == 1, 60, "the instance to run")
-        wait_for(lambda: serves(a, "forged"), 20, "the router to serve the app")
-        guid = running(a, "forged")[0]["guid"]
-        pid = pid_of(a, guid)
-        assert pid
+        a, guid, pid = lone_leader_serving(made, pg_dir, nats, "forged")
         with Prober(a, "forged") as probe:
             end_leader_session(pg_dir, a)
             wait_for(lambda: "[LEADER] this skiffd stopped leading" in a.output(), 5,
@@ -333,7 +324,8 @@ def test_a_leader_that_lost_its_session_keeps_its_instances_despite_forged_heart
             # until it leads again, the bus says every 100 ms that another skiffd leads
             with Forger(nats, this_cell(a)) as forger:
                 wait_for(lambda: leading(a), 15, "the skiffd to lead again")
-            time.sleep(1)  # a second of requests after it leads again
+            sent = probe.sent  # a second of requests (20, one each 50 ms) after it leads again
+            wait_for(lambda: probe.sent >= sent + 20, 15, "20 requests after it leads again")
         print("%d forged heartbeats and requests; %d of %d requests through its router failed"
               % (forger.sent, probe.failed, probe.sent))
         assert forger.sent >= 5, forger.sent
