@@ -2,6 +2,7 @@
 answering what it serves from memory, the writes made meanwhile (heartbeats) wait in the
 store's queue off the event loop and land once the server answers again, and SIGTERM ends
 skiffd within a bounded time even while the server is still silent."""
+import contextlib
 import json
 import os
 import signal
@@ -115,18 +116,32 @@ def test_a_silent_server_neither_stalls_the_api_nor_holds_up_the_exit(pg_dir):
         p.close()
 
 
+@contextlib.contextmanager
+def skiffd_on(pg_dir, *args, env=None):
+    """A skiffd on the throwaway server, started: (it, the store's URL). The server is
+    continued and skiffd closed at the end, whatever happened."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url, *args], extra_env=env).start()
+    try:
+        yield p, url
+    finally:
+        resume(postgres_server_pids(pg_dir))
+        p.close()
+
+
 def app_field(p, name, field):
     status, app = p.api("GET", f"/v1/apps/{name}")
     assert status == 200, app
     return app[field]
 
 
-def writes_while_paused(p, pids, calls, seen_in):
+def writes_while_paused(p, pids, calls, seen_in, queued_at_least=0):
     """Stops the server (pids), sends calls, each (key, method, path, body) from a thread of
     its own, and reads through the API for 3 s: GET /v1/info and what seen_in(get) reads with
     get(path) -> (status, body) are each answered within 1 s, and seen_in says the queued
-    changes are read back at least once, while no call is answered. Returns the answers (filled
-    in once the server is continued) and the threads."""
+    changes are read back at least once, while no call is answered (and at least
+    queued_at_least writes wait). Then continues the server and returns the answers, once
+    every call was answered (or gave up after 30 s)."""
     pause(pids)
     answers = {}
 
@@ -157,7 +172,11 @@ def writes_while_paused(p, pids, calls, seen_in):
     assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
     assert seen, "the queued writes were not read back while the server was paused"
     assert answers == {}, f"answered before their writes were made: {answers}"
-    return answers, threads
+    assert queued_writes(p) >= queued_at_least, queued_writes(p)
+    resume(pids)
+    for t in threads:
+        t.join(30)
+    return answers
 
 
 def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
@@ -165,10 +184,7 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
     stopped: each request waits for its write, which the store's writer makes once the server
     answers again; the other API calls are answered meanwhile, and already show both
     changes."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
         deploy_bits(p, "scaled", files, {"instances": 1, "memory_mb": 32})
         deploy_bits(p, "pushed", files, {"instances": 1, "memory_mb": 32})
@@ -189,15 +205,11 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
             return (apps["scaled"]["instances"] == 3 and apps["pushed"]["state"] == "STARTED"
                     and [t["name"] for t in tasks["tasks"]] == ["paused"])
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("scale", "PATCH", "/v1/apps/scaled", {"instances": 3}),
                       ("start", "POST", "/v1/apps/pushed/start"),
                       ("task", "POST", "/v1/apps/scaled/tasks",
                        {"command": "true", "name": "paused"})], seen_in)
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
         assert answers["scale"][0][0] == 200, answers
         assert answers["start"][0][0] == 200, answers
         assert answers["task"][0][0] == 202, answers
@@ -208,9 +220,6 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
         out = p.output()
         assert "was not stored" not in out and "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def db_rows(url, sql):
@@ -226,10 +235,7 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
     request waits for its write, which the store's writer makes once the server answers again;
     the other API calls are answered meanwhile, and already show the routes as mapped and
     unmapped and the app gone (with its route)."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         for name in ("mapped", "doomed"):
             status, body = p.api("POST", "/v1/apps", {"name": name})
             assert status == 201, body
@@ -251,16 +257,11 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
             return (names == {"mapped"} and hosts == {("extra.localhost", "mapped")} and
                     doomed_status == 404)
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("map", "POST", "/v1/routes", {"app": "mapped", "host": "extra.localhost"}),
                       ("delete", "DELETE", "/v1/apps/doomed"),
                       ("unmap", "DELETE", "/v1/routes?app=mapped&host=mapped.localhost")],
-            seen_in)
-        assert queued_writes(p) >= 3
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
+            seen_in, queued_at_least=3)
         assert answers["map"][0][0] == 201, answers
         assert answers["delete"][0][0] == 204, answers
         assert answers["unmap"][0][0] == 204, answers
@@ -270,9 +271,6 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_dir):
@@ -281,10 +279,7 @@ def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_
     app's log meanwhile; the stage's answer waits for its writes (the droplet's blob, row and
     the app's record of it, queued off the event loop), the other API calls are answered
     meanwhile, and the stage ends with its droplet recorded once the server answers."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         r = p.cli("push", "site", "-p", "examples/static", "--no-route", "--no-start")
         assert r.returncode == 0, (r.stdout, r.stderr)
         before = db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'site'")
@@ -301,12 +296,8 @@ def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_
             # the stage began and its buildpack ran, though the server does not answer
             return "Restaging app site" in log and "Serving" in log.split("Restaging")[-1]
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("stage", "POST", "/v1/apps/site/restage")], seen_in)
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
         (status, text), _ = answers["stage"]
         assert status == 200, text
         last = json.loads(text.strip().splitlines()[-1])
@@ -319,9 +310,6 @@ def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir):
@@ -371,10 +359,7 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
     writer makes once the server answers again; the other API calls are answered meanwhile,
     and the deleted mapping is already gone from the list."""
     from test_tls import CA
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         status, body = p.api("POST", "/v1/apps", {"name": "mapped"})
         assert status == 201, body
         status, body = p.api("POST", "/v1/domains", {"name": "certified.test"})
@@ -400,7 +385,7 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
             # the unmapped one stops at once; the writes (and the two reads) wait
             return listed["event_mappings"] == [] and queued >= 6
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("domain", "POST", "/v1/domains", {"name": "paused.test"}),
                       ("cert", "PUT", "/v1/domains/certified.test/certificate", pair),
                       ("map", "POST", "/v1/event-mappings",
@@ -408,10 +393,6 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
                       ("unmap", "DELETE", f"/v1/event-mappings/{old['id']}"),
                       ("domains", "GET", "/v1/domains"),
                       ("audit", "GET", "/v1/admin/audit_events")], seen_in)
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
         assert answers["domain"][0][0] == 201, answers
         assert answers["cert"][0][0] == 200, answers
         assert answers["cert"][0][1]["certificate"]["subject"].endswith("certified.test"), answers
@@ -438,9 +419,6 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the_api_does_not(
@@ -450,10 +428,7 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
     deletion, the role's record, the app's metadata), which the store's writer makes once the
     server answers again; the other API calls are answered meanwhile, and already show the
     role and the label."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         status, body = p.api("POST", "/v1/users", {"name": "dev1",
                                                    "password": "correct horse battery"})
         assert status == 201, body
@@ -476,7 +451,7 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
             return (meta["labels"] == {"tier": "paused"} and
                     "SpaceAuditor" in json.dumps(users))
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("login", "POST", "/v1/auth/token",
                        {"grant_type": "password", "username": "dev1",
                         "password": "correct horse battery"}),
@@ -485,12 +460,7 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
                       ("role", "PUT", "/v1/orgs/default/spaces/dev/users/dev1/roles/SpaceAuditor"),
                       ("label", "PATCH", "/v1/apps/labelled/metadata",
                        {"labels": {"tier": "paused"}})],
-            seen_in)
-        assert queued_writes(p) >= 3
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
+            seen_in, queued_at_least=3)
         assert answers["login"][0][0] == 200, answers
         assert answers["refresh"][0][0] == 200, answers
         assert answers["role"][0][0] == 204, answers
@@ -511,9 +481,6 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
@@ -521,10 +488,7 @@ def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api
     the server is stopped: each request waits for its writes (the app's, and the rollback's
     revision record after it), which the store's writer makes once the server answers again;
     the other API calls are answered meanwhile, and already show the app writes."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         status, body = p.api("POST", "/v1/apps", {"name": "tuned"})
         assert status == 201, body
         files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
@@ -554,18 +518,13 @@ def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api
                     policy["policy"]["max_instances"] == 4 and ssh["app_enabled"] is False and
                     kept["droplet"] == revs[1])
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("env", "PUT", "/v1/apps/tuned/env", {"FLAVOUR": "paused"}),
                       ("autoscale", "PUT", "/v1/apps/tuned/autoscale",
                        {"min_instances": 0, "max_instances": 4, "target_concurrency": 10}),
                       ("ssh", "PATCH", "/v1/apps/tuned/features/ssh", {"enabled": False}),
                       ("rollback", "POST", "/v1/apps/kept/rollback", {"revision": 1})],
-            seen_in)
-        assert queued_writes(p) >= 4
-
-        resume(pids)
-        for t in calls:
-            t.join(30)
+            seen_in, queued_at_least=4)
         assert answers["env"][0][0] == 200, answers
         assert answers["env"][0][1]["env"]["FLAVOUR"] == "paused", answers
         assert answers["autoscale"][0][0] == 200, answers
@@ -588,9 +547,6 @@ def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api
         out = p.output()
         assert "lost a queued write" not in out and "not recorded" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
 
 
 def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_api_does_not(
@@ -599,10 +555,7 @@ def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_a
     ago) is read from the database off the loop: a GET of an unknown app and a create of a new
     name, sent while the server is stopped, wait for that read; the other API calls are
     answered meanwhile, and the two are answered (404, 201) once the server answers again."""
-    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
-    p = Platform(extra_args=["--store", url]).start()
-    pids = []
-    try:
+    with skiffd_on(pg_dir) as (p, url):
         status, body = p.api("POST", "/v1/apps", {"name": "known"})
         assert status == 201, body
         pids = postgres_server_pids(pg_dir)
@@ -614,12 +567,9 @@ def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_a
             assert status == 200, known
             return [a["name"] for a in listed["apps"]] == ["known"]
 
-        answers, calls = writes_while_paused(
+        answers = writes_while_paused(
             p, pids, [("ghost", "GET", "/v1/apps/ghost"),
                       ("create", "POST", "/v1/apps", {"name": "fresh"})], seen_in)
-        resume(pids)
-        for t in calls:
-            t.join(30)
         assert answers["ghost"][0][0] == 404, answers
         assert "no app named" in answers["ghost"][0][1]["error"]["message"], answers
         assert answers["create"][0][0] == 201, answers
@@ -631,6 +581,3 @@ def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_a
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
-    finally:
-        resume(pids)
-        p.close()
