@@ -92,6 +92,19 @@ struct api_request {
     char **scratch; /* strings handed out by accessors, freed with the request */
     size_t nscratch;
     struct api_auth_wait *auth_wait; /* its bearer token looked for in the store */
+    struct api_app_read *app_reads;  /* apps read for it off the loop (api_request_app_find) */
+};
+
+/* An app read for a request from the database, off the loop: kept with the request, so that
+ * its handler, run again, takes the answer. */
+struct api_app_read {
+    struct api_request *req; /* NULL once the request is gone */
+    char *space;
+    char *name;
+    bool made; /* the read is made: rc, app */
+    int rc;
+    struct store_app *app;
+    struct api_app_read *next;
 };
 
 /* A request whose bearer token this controller's copy lacks (made through another one a
@@ -710,10 +723,32 @@ static void api__audit(struct api *api, struct api_request *req)
     api->audit(api->audit_ctx, req, req->http.status);
 }
 
+static void api__app_read_free(struct api_app_read *r)
+{
+    free(r->space);
+    free(r->name);
+    store_app_free(r->app);
+    free(r);
+}
+
+/* The request is freed: the answers read for it go, and a read still to come lets itself go. */
+static void api__app_reads_drop(struct api_request *req)
+{
+    while (req->app_reads) {
+        struct api_app_read *r = req->app_reads;
+        req->app_reads = r->next;
+        if (r->made)
+            api__app_read_free(r);
+        else
+            r->req = NULL;
+    }
+}
+
 /* The server is done with the request: audit what it changed, free what the API added. */
 static void api__on_free(struct http_request *hreq, void *ctx)
 {
     struct api_request *req = (struct api_request *)hreq;
+    api__app_reads_drop(req);
     if (req->auth_wait) {
         struct api_auth_wait *w = req->auth_wait;
         if (w->looked) {
@@ -1099,4 +1134,41 @@ static void api__on_request(struct http_request *hreq, void *ctx)
 void api_request_handle_again(struct api_request *req)
 {
     req->route->fn(req, req->route->ctx);
+}
+
+/* An app read for a request is made: its handler runs again and takes the answer. */
+static void api__app_read(void *ctx, int rc, struct store_app *app)
+{
+    struct api_app_read *r = ctx;
+    r->made = true;
+    r->rc = rc;
+    r->app = app;
+    struct api_request *req = r->req;
+    if (!req)
+        api__app_read_free(r);
+    else if (req->http.aborted) /* ends it (skiffd stopping, or the client left) */
+        api_respond_error(req, SKIFF_E_UNAVAILABLE, "the request ended before its app was read");
+    else
+        api_request_handle_again(req);
+}
+
+int api_request_app_find(struct api_request *req, struct store *st, const char *space,
+                         const char *name, struct store_app **out)
+{
+    for (struct api_app_read *r = req->app_reads; r; r = r->next) {
+        if (!r->made || strcmp(r->space, space) || strcmp(r->name, name))
+            continue;
+        *out = r->rc == 0 ? store_app_dup(r->app) : NULL;
+        return r->rc;
+    }
+    struct api_app_read *r = xcalloc(1, sizeof *r);
+    *r = (struct api_app_read){.req = req, .space = xstrdup(space), .name = xstrdup(name)};
+    int rc = store_app_find_or_read(st, space, name, out, api__app_read, r);
+    if (rc != -EINPROGRESS) {
+        api__app_read_free(r);
+        return rc;
+    }
+    r->next = req->app_reads;
+    req->app_reads = r;
+    return rc;
 }

@@ -259,6 +259,16 @@ void api_request_on_abort(struct api_request *req, void (*fn)(void *ctx), void *
  * while something it needs was read off the loop (from that read's callback). */
 void api_request_handle_again(struct api_request *req);
 bool api_request_aborted(const struct api_request *req);
+/* The app of that name (or guid) in space, for a handler that may run again: 0 with *out (the
+ * caller's to store_app_free), a negative errno (-ENOENT: none), or -EINPROGRESS when the
+ * store's copy does not hold it and its read from the database is queued
+ * (store_app_find_or_read). The handler then returns without answering; it runs again once the
+ * read is made (api_request_handle_again), and this call then gives the read's answer, kept
+ * with the request (a second look-up of the name in that run reads nothing again). A request
+ * whose client left meanwhile is answered then (503, to no one) instead of run again. */
+struct store_app;
+int api_request_app_find(struct api_request *req, struct store *st, const char *space,
+                         const char *name, struct store_app **out);
 
 /* Parses the body as a JSON object. On failure answers 400 `invalid_json` (saying where)
  * itself, finishing the request, and returns NULL; on success the caller owns the reference. */

@@ -447,12 +447,14 @@ static void svc__instance_delete(struct api_request *req, void *ctx)
 
 /* ---- bindings ----------------------------------------------------------------------------- */
 
-/* The app named in the path, in the request's space; NULL after answering 404. */
+/* svc_internal.h; a read off the loop is api_request_app_find's. */
 struct store_app *svc__app(struct api_svc *a, struct api_request *req)
 {
     struct store_app *app = NULL;
     const char *name = api_request_param(req, 0);
-    int rc = store_app_find(a->store, svc__space(req), name, &app);
+    int rc = api_request_app_find(req, a->store, svc__space(req), name, &app);
+    if (rc == -EINPROGRESS)
+        return NULL;
     if (rc == -ENOENT)
         api_respond_error(req, rc, "no app named \"%s\" in this space: `skiff apps` lists them",
                           name);

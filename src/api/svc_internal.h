@@ -34,6 +34,8 @@ json_t *svc__instance_named(struct api_svc *a, struct api_request *req, const ch
 json_t *svc__instance_view(struct api_svc *a, const json_t *inst);
 json_t *svc__binding_view(struct api_svc *a, const json_t *b);
 json_t *svc__binding_of(struct api_svc *a, const char *app_guid, const char *instance_guid);
+/* The app named in the path, in the request's space; NULL after answering 404, or NULL
+ * without answering while it is read off the loop (the handler then runs again). */
 struct store_app *svc__app(struct api_svc *a, struct api_request *req);
 /* Tags of a body: true with *out NULL (absent) or a copy; false after answering 422. */
 bool svc__tags(struct api_request *req, json_t *body, json_t **out);

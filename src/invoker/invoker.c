@@ -937,7 +937,7 @@ struct inv_store_op {
     struct inv_store_op *next;
     char id[128];
     struct inv_mapping *m;    /* a create: the mapping to start once its document is made */
-    invoker_mapping_fn *done; /* a create's or a delete's caller, or NULL */
+    invoker_mapping_fn *done; /* a create's, a delete's or a catch-up's caller, or NULL */
     void *ctx;
     char mapping[128]; /* a replay's ask taken off the store: its mapping and offset */
     int64_t offset;
@@ -1564,17 +1564,37 @@ static void invoker_mappings_sync(struct invoker *inv)
     json_decref(docs);
 }
 
-bool invoker_mapping_catch_up(struct invoker *inv, const char *id)
+/* A catch-up's read is made: what was read starts here (the other mappings wait for the
+ * feed's news, which is on its way: the read dropped the store's copy that lacked it). */
+static void mapping_caught_up(void *ctx, int rc, const char *json)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    if (!inv || inv->stopping)
+        rc = -ECANCELED;
+    else if (rc == 0)
+        mapping_sync_doc(inv, op->id, json);
+    if (rc == 0 && !invoker_mapping_find(inv, op->id))
+        rc = -ENOENT; /* not a mapping this skiffd can start (logged) */
+    op->done(op->ctx, rc, NULL);
+    free(op);
+}
+
+bool invoker_mapping_catch_up(struct invoker *inv, const char *id, invoker_mapping_fn *done,
+                              void *ctx)
 {
     if (!inv || inv->stopping || store_feed_fd(inv->store) < 0 ||
+        strlen(id) >= sizeof((struct inv_store_op *)0)->id || /* longer than any mapping's */
         !rate_take(&inv->catch_up_rate, time_mono_ms(), 50, 20))
         return false;
-    char *text = NULL;
-    if (store_doc_get_fresh(inv->store, MAPPING_DOC_KIND, id, &text) < 0)
-        return false; /* not there either (or the store did not answer) */
-    free(text);
-    invoker_mappings_sync(inv); /* the read dropped the store's copy that lacked it */
-    return invoker_mapping_find(inv, id) != NULL;
+    struct inv_store_op *op = inv_store_op_new(inv, id);
+    op->done = done;
+    op->ctx = ctx;
+    if (store_doc_get_fresh_async(inv->store, MAPPING_DOC_KIND, id, mapping_caught_up, op) >= 0)
+        return true;
+    inv_store_op_take(op);
+    free(op);
+    return false;
 }
 
 static void invoker_on_sync_timer(uv_timer_t *h)

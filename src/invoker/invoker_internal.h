@@ -148,6 +148,7 @@ struct invoker {
     uint64_t doc_news; /* store_doc_news_kind when the mappings were last read from the store */
     uint64_t mapping_reads; /* reads of all the mappings from the store (invoker_mappings_sync) */
     struct rate_limit catch_up_rate; /* of database reads for ids not held (catch-up) */
+    struct api_request *caught_up;   /* the request run again after its catch-up read (routes.c) */
     uv_timer_t sync_timer; /* reads them again soon after another skiffd's news */
     struct inv_target *targets;
     struct inv_instance *draining; /* instances gone with calls still in flight */
@@ -164,14 +165,18 @@ struct invoker {
 
 /* invoker.c */
 struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
-/* An id this skiffd does not hold, which another skiffd on the store may have made a moment
- * ago (its change feed's news not here yet): read from the database, at most 50 times a second
- * after a burst of 20, and when it is there the mappings are read again now. Whether it is
- * held afterwards. */
-bool invoker_mapping_catch_up(struct invoker *inv, const char *id);
 /* How a mapping's create or delete ended: rc 0, or < 0 with err saying why (-EEXIST: its id
  * was taken meanwhile). */
 typedef void invoker_mapping_fn(void *ctx, int rc, const char *err);
+/* An id this skiffd does not hold, which another skiffd on the store may have made a moment
+ * ago (its change feed's news not here yet): its read from the database is queued (off the
+ * loop), at most 50 a second after a burst of 20. Once it is made, a mapping found is started
+ * here from what was read, and done(ctx, rc, NULL) hears: 0 (held now), -ENOENT or -EIO (not
+ * held), -ECANCELED (the invoker is stopping, or gone). false when nothing is read (a store
+ * without a change feed, the rate spent, stopping, a read the store would not queue): done is
+ * not called then. */
+bool invoker_mapping_catch_up(struct invoker *inv, const char *id, invoker_mapping_fn *done,
+                              void *ctx);
 /* Makes a mapping from a validated spec (takes it over): its document is created in the store
  * (only while no document has its id: -EEXIST otherwise), the write queued, and once made the
  * mapping starts and done hears (on SQLite during the call). */

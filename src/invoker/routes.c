@@ -27,38 +27,46 @@ static bool routes_mapping_in_space(const struct inv_mapping *m, const char *spa
     return !strcmp(m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID, space);
 }
 
-/* Whether the app is in the request's space and has the process (NULL or "web": any app);
- * answers 404 when not. */
-static bool routes_app_exists(struct invoker *inv, struct api_request *req, const char *app,
-                              const char *process)
+/* The app of that name in the request's space, with the process (NULL or "web": any app);
+ * NULL after answering 404 (or the store's error), or NULL without answering while the app is
+ * read off the loop (the handler then runs again: api_request_app_find). The caller frees it. */
+static struct store_app *routes_app(struct invoker *inv, struct api_request *req, const char *app,
+                                    const char *process)
 {
     struct store_app *a = NULL;
-    if (store_app_find(inv->store, routes_space(req), app, &a) < 0) {
+    int rc = api_request_app_find(req, inv->store, routes_space(req), app, &a);
+    if (rc == -EINPROGRESS)
+        return NULL;
+    if (rc == -ENOENT) {
         api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "no app named '%s' in this space: push it first (skiff push %s ...) "
                           "or see skiff apps",
                           app, app);
-        return false;
+        return NULL;
     }
-    bool found = !process || !strcmp(process, "web") || store_app_process(a, process);
-    store_app_free(a);
-    if (!found)
+    if (rc < 0) {
+        api_respond_error(req, rc, "cannot read app %s (see skiffd's output)", app);
+        return NULL;
+    }
+    if (process && strcmp(process, "web") && !store_app_process(a, process)) {
         api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "app %s has no function or process named '%s': `skiff app %s` lists "
                           "them",
                           app, process, app);
-    return found;
+        store_app_free(a);
+        return NULL;
+    }
+    return a;
 }
 
 /* A mapping that asks for more instances than the process's stored autoscale policy allows is
  * refused (422) with the command that raises the policy: the policy's max is the one bound the
  * autoscaler applies (and quotas are checked against), so it would cap the mapping silently.
  * Only an explicit max_instances is checked; the default one is the policy's to bound. */
-static bool routes_policy_admits(struct invoker *inv, struct api_request *req,
-                                 const struct mapping_spec *spec, bool max_given)
+static bool routes_policy_admits(struct api_request *req, const struct mapping_spec *spec,
+                                 bool max_given, const struct store_app *a)
 {
-    struct store_app *a = NULL;
-    if (!max_given || store_app_find(inv->store, routes_space(req), spec->app, &a) < 0)
+    if (!max_given)
         return true;
     const char *process = spec->process ? spec->process : "web";
     const struct store_process *sp = store_app_process(a, process);
@@ -74,7 +82,6 @@ static bool routes_policy_admits(struct invoker *inv, struct api_request *req,
             a->name, web ? "" : " --process ", web ? "" : process, spec->max_instances,
             sp->max_instances);
     }
-    store_app_free(a);
     return ok;
 }
 
@@ -115,12 +122,48 @@ static bool routes_quota_admits(struct invoker *inv, struct api_request *req, co
     return ok;
 }
 
+/* A mapping's create or delete, answered once the store made its document's write; or a
+ * request naming a mapping not held here, run again once its catch-up read is made. */
+struct routes_mapping_write {
+    struct invoker *inv;
+    struct api_request *req;
+    char id[128];
+};
+
+static void routes_caught_up(void *ctx, int rc, const char *err)
+{
+    (void)err;
+    struct routes_mapping_write *w = ctx;
+    struct api_request *req = w->req;
+    struct invoker *inv = w->inv; /* freed when rc is -ECANCELED */
+    free(w);
+    if (rc == -ECANCELED || api_request_aborted(req)) { /* the answer ends it */
+        api_respond_error(req, SKIFF_E_UNAVAILABLE, "%s",
+                          rc == -ECANCELED ? "skiffd is stopping: ask again once it (or another "
+                                             "controller) is up"
+                                           : "the client left before the mapping was read");
+        return;
+    }
+    inv->caught_up = req;
+    api_request_handle_again(req);
+    inv->caught_up = NULL;
+}
+
+/* The mapping of the id in the path, in the request's space; NULL after answering 404, or NULL
+ * without answering while an id not held here is read from the store off the loop (another
+ * controller may have made it a moment ago: invoker_mapping_catch_up), the handler then run
+ * again. */
 static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api_request *req)
 {
     const char *id = api_request_param(req, 0);
     struct inv_mapping *m = id ? invoker_mapping_find(inv, id) : NULL;
-    if (!m && id && invoker_mapping_catch_up(inv, id))
-        m = invoker_mapping_find(inv, id);
+    if (!m && id && req != inv->caught_up) {
+        struct routes_mapping_write *w = xcalloc(1, sizeof *w);
+        *w = (struct routes_mapping_write){.inv = inv, .req = req};
+        if (invoker_mapping_catch_up(inv, id, routes_caught_up, w))
+            return NULL;
+        free(w);
+    }
     /* another space's mapping is not there */
     if (m && !routes_mapping_in_space(m, routes_space(req)))
         m = NULL;
@@ -188,13 +231,6 @@ static bool routes_topic_space(struct api_request *req, struct mapping_spec *spe
     return true;
 }
 
-/* A mapping's create or delete, answered once the store made its document's write. */
-struct routes_mapping_write {
-    struct invoker *inv;
-    struct api_request *req;
-    char id[128];
-};
-
 static void routes_mapping_created(void *ctx, int rc, const char *err)
 {
     struct routes_mapping_write *w = ctx;
@@ -257,9 +293,11 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         mapping_spec_free(&spec);
         return;
     }
-    if (!routes_app_exists(inv, req, spec.app, spec.process) ||
-        !routes_policy_admits(inv, req, &spec, max_given) ||
-        !routes_quota_admits(inv, req, spec.space)) {
+    struct store_app *a = routes_app(inv, req, spec.app, spec.process);
+    bool admitted = a && routes_policy_admits(req, &spec, max_given, a) &&
+                    routes_quota_admits(inv, req, spec.space);
+    store_app_free(a);
+    if (!admitted) {
         mapping_spec_free(&spec);
         return;
     }
@@ -540,16 +578,9 @@ static void routes_invoke(struct api_request *req, void *ctx)
     struct invoker *inv = ctx;
     const char *app = api_request_param(req, 0);
     const char *process = api_request_query(req, "process");
-    struct store_app *a = NULL;
-    if (store_app_find(inv->store, routes_space(req), app, &a) < 0) {
-        routes_app_exists(inv, req, app, NULL); /* answers 404 */
+    struct store_app *a = routes_app(inv, req, app, process);
+    if (!a)
         return;
-    }
-    if (process && strcmp(process, "web") && !store_app_process(a, process)) {
-        store_app_free(a);
-        routes_app_exists(inv, req, app, process); /* answers 404 */
-        return;
-    }
     char *ref = xasprintf("%s/%s", a->space_guid, a->name);
     /* Waiting would not help: say what to do now. */
     bool stopped = a->state && strcmp(a->state, "STARTED") != 0;

@@ -581,3 +581,78 @@ def test_a_lookup_of_an_app_the_copy_lacks_waits_for_the_silent_server_and_the_a
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
+
+
+# SQL run before a write to PostgreSQL so that its change feed's triggers do not fire: the
+# write is like another skiffd's whose news has not arrived yet
+UNANNOUNCED = "SET session_replication_role = replica; "
+
+
+def test_a_binding_an_invoke_and_a_mapping_the_copy_lacks_wait_for_the_silent_server(pg_dir):
+    """After a restart, an app and an event mapping written to the database as another skiffd
+    writes them, their news not come (the feed's triggers off), and an app that is nowhere: a
+    service binding's create and an invoke naming each app, and a GET of the mapping, sent
+    while the server is stopped, wait for their reads off the loop; GET /v1/info and GET
+    /v1/apps are answered meanwhile, and each is answered once the server answers again (the
+    app found: 201, 422 for its missing droplet; the mapping found: 200; the app that is
+    nowhere: 404)."""
+    with skiffd_on(pg_dir) as (p, url):
+        status, body = p.api("POST", "/v1/apps", {"name": "known"})
+        assert status == 201, body
+        status, body = p.api("POST", "/v1/service_instances",
+                             {"name": "db", "user_provided": True, "credentials": {"uri": "x"}})
+        assert status == 201, body
+        status, body = p.api("POST", "/v1/event-mappings",
+                             {"app": "known", "topic": "orders", "id": "seen-mapping"})
+        assert status == 201, body
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        p.start()
+        # what the calls below read besides the apps' lookups, read before the server stops
+        for path in ("/v1/apps", "/v1/service_instances", "/v1/apps/known/service_bindings",
+                     "/v1/event-mappings/seen-mapping"):
+            status, body = p.api("GET", path)
+            assert status == 200, (path, body)
+        late_guid = "1a7e0000-0000-4000-8000-000000000001"
+        db_rows(url, UNANNOUNCED +
+                "CREATE TEMP TABLE a AS SELECT * FROM apps WHERE name = 'known';"
+                "CREATE TEMP TABLE pr AS SELECT * FROM processes WHERE app_guid = "
+                "(SELECT guid FROM apps WHERE name = 'known');"
+                f"UPDATE a SET guid = '{late_guid}', name = 'late';"
+                f"UPDATE pr SET app_guid = '{late_guid}';"
+                "INSERT INTO apps SELECT * FROM a; INSERT INTO processes SELECT * FROM pr;"
+                "CREATE TEMP TABLE d AS SELECT * FROM documents"
+                " WHERE kind = 'event_mapping' AND id = 'seen-mapping';"
+                "UPDATE d SET id = 'hidden-mapping',"
+                " body = replace(body, 'seen-mapping', 'hidden-mapping');"
+                "INSERT INTO documents SELECT * FROM d")
+        assert db_rows(url, "SELECT name FROM apps ORDER BY name") == ["known", "late"]
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, listed = get("/v1/apps")
+            assert status == 200, listed
+            return [a["name"] for a in listed["apps"]] == ["known"]  # no news of late
+
+        bind = {"service_instance": "db"}
+        answers = writes_while_paused(
+            p, pids, [("bind-late", "POST", "/v1/apps/late/service_bindings", bind),
+                      ("bind-ghost", "POST", "/v1/apps/ghost/service_bindings", bind),
+                      ("invoke-late", "POST", "/v1/apps/late/invoke", {"n": 1}),
+                      ("invoke-ghost", "POST", "/v1/apps/ghost/invoke", {"n": 1}),
+                      ("mapping", "GET", "/v1/event-mappings/hidden-mapping")], seen_in)
+        assert answers["bind-late"][0][0] == 201, answers
+        assert answers["bind-ghost"][0][0] == 404, answers
+        assert "no app named" in answers["bind-ghost"][0][1]["error"]["message"], answers
+        assert answers["invoke-late"][0][0] == 422, answers
+        assert "no droplet" in answers["invoke-late"][0][1]["error"]["message"], answers
+        assert answers["invoke-ghost"][0][0] == 404, answers
+        assert "no app named 'ghost'" in answers["invoke-ghost"][0][1]["error"]["message"]
+        assert answers["mapping"][0][0] == 200, answers
+        assert answers["mapping"][0][1]["id"] == "hidden-mapping", answers
+        status, binds = p.api("GET", "/v1/apps/late/service_bindings")
+        assert status == 200 and len(binds["service_bindings"]) == 1, binds
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
