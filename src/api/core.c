@@ -243,63 +243,10 @@ const char *api_core__space(struct api_request *req)
     return space ? space : STORE_DEFAULT_SPACE_GUID;
 }
 
-/* An app read off the loop for a request: its answer, kept for the handler's next lookup. */
-struct core_find {
-    struct api_core *core;
-    struct api_request *req;
-    char *name;
-    int rc;
-    struct store_app *app;
-    struct core_find *next;
-};
-
-static void core__find_free(struct core_find *f)
-{
-    free(f->name);
-    store_app_free(f->app);
-    free(f);
-}
-
-/* The read is made: the handler runs again and its lookup of that name takes the answer
- * (left unasked, it is dropped). */
-static void core__app_read(void *ctx, int rc, struct store_app *app)
-{
-    struct core_find *f = ctx;
-    struct api_core *core = f->core;
-    f->rc = rc;
-    f->app = app;
-    f->next = core->finds;
-    core->finds = f;
-    api_request_handle_again(f->req);
-    for (struct core_find **p = &core->finds; *p; p = &(*p)->next)
-        if (*p == f) {
-            *p = f->next;
-            core__find_free(f);
-            break;
-        }
-}
-
 int api_core__app_lookup(struct api_core *core, struct api_request *req, const char *name,
                          struct store_app **out)
 {
-    for (struct core_find **p = &core->finds; *p; p = &(*p)->next) {
-        struct core_find *f = *p;
-        if (f->req != req || strcmp(f->name, name))
-            continue;
-        *p = f->next;
-        int rc = f->rc;
-        *out = f->app;
-        f->app = NULL;
-        core__find_free(f);
-        return rc;
-    }
-    struct core_find *f = xcalloc(1, sizeof *f);
-    *f = (struct core_find){.core = core, .req = req, .name = xstrdup(name)};
-    int rc =
-        store_app_find_or_read(core->cfg.store, api_core__space(req), name, out, core__app_read, f);
-    if (rc != -EINPROGRESS)
-        core__find_free(f);
-    return rc;
+    return api_request_app_find(req, core->cfg.store, api_core__space(req), name, out);
 }
 
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,

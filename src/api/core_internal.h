@@ -33,7 +33,6 @@ struct api_core {
     uv_timer_t *blobs_gc;                 /* blobs.c; NULL without a blob store */
     char (*touched)[37]; /* apps whose instances changed since the last record (guids) */
     size_t ntouched;
-    struct core_find *finds; /* app reads made off the loop, answered, for their handlers */
 };
 
 /* The instances the scheduler runs here for the app, as GET /v1/apps/NAME shows them. */
@@ -67,8 +66,8 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
  * (-ENOENT: none), or -EINPROGRESS when the store's copy does not hold it and its read from
  * the database is queued (store_app_find_or_read): the caller returns without finishing the
  * request, its handler is run again once the read is made, and this call then gives the
- * read's answer. api_core__app_named answers with it; NULL without an answer on
- * -EINPROGRESS. */
+ * read's answer (api_request_app_find, which services and the invoker use too). api_core__app_named
+ * answers with it; NULL without an answer on -EINPROGRESS. */
 int api_core__app_lookup(struct api_core *core, struct api_request *req, const char *name,
                          struct store_app **out);
 /* Called once a request's app write is made: req NULL when it was refused (the request is

@@ -836,8 +836,6 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "%s of app %s (%s)",
                  w->op == STORE_WRITE_APP_CREATE ? "create" : "update",
                  w->app->name ? w->app->name : "?", w->app->guid);
-    else if (w->op == STORE_WRITE_CALL)
-        snprintf(buf, size, "%s", w->what ? w->what : "a write");
     else if (w->op == STORE_WRITE_APP_DELETE)
         snprintf(buf, size, "delete of app %s", w->id);
     else if (w->op == STORE_WRITE_ROUTE_ADD || w->op == STORE_WRITE_ROUTE_DELETE ||
@@ -1014,9 +1012,6 @@ static int store__write_now(struct store *st, struct store_write *w)
         rc = st->ops->droplet_delete(st->backend, w->id);
         break;
     case STORE_READ_APP: /* never queued here: store_app_find_or_read answers at once */
-        break;
-    case STORE_WRITE_CALL:
-        rc = w->call(st->backend, w->arg);
         break;
     case STORE_WRITE_DOMAIN_ADD:
     case STORE_WRITE_DOMAIN_DELETE:

@@ -51,9 +51,6 @@ enum store_write_op {
     /* store_app_find_or_read's fresh read, in turn with the writes: kind "SPACE/NAME", id the
      * bare name or guid; app what was read (NULL: none) */
     STORE_READ_APP,
-    /* any other write of a backend's (routes, tasks, packages, droplets, a document's
-     * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
-    STORE_WRITE_CALL,
     /* Domains, certificates, mappings, audit: store_domain_add(_async) (id: the name, org_guid),
      * store_domain_delete(_async) (id), store_domain_cert_set(_async) (id: the domain,
      * cert_pem, key_pem), store_domain_cert_delete(_async) (id); and two reads in turn with the
@@ -88,9 +85,6 @@ struct store_write {
     struct store_droplet drop;      /* STORE_WRITE_DROPLET_ADD: the write's own copy */
     store_package_fn *done_package; /* STORE_READ_PACKAGE */
     store_app_fn *done_app;         /* STORE_READ_APP_FRESH, STORE_READ_APP */
-    int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
-    void *arg;
-    const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
     /* Domains, certificates, mappings, audit (the ops above) */
     char *org_guid;           /* STORE_WRITE_DOMAIN_ADD: NULL for a shared domain */
     char *cert_pem, *key_pem; /* STORE_WRITE_CERT_SET (the key wiped when freed) */

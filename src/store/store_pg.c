@@ -3171,8 +3171,6 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         int rc = pg__app_get_query(wb, w->kind, &w->app);
         return rc == -ENOENT ? pg__app_get_query(wb, w->id, &w->app) : rc;
     }
-    case STORE_WRITE_CALL:
-        return w->call(wb, w->arg);
     case STORE_WRITE_DOC_REPLACE: {
         struct pg_replace_args a = {
             .kind = w->kind, .id = w->id, .expected = w->expected, .json = w->json};
