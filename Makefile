@@ -34,11 +34,25 @@ export BUILD
 .PHONY: all deps build asan run test unit e2e fuzz fuzz-build bench format clean examples
 all: build
 
+# What the build needs is installed while this file is read, before make looks for any
+# source: a rule whose source is not on disk yet (llhttp's, on a new machine) would be passed
+# over, and the build stop with "No rule to make target". Only clean, format and deps skip it.
+ifneq ($(MAKECMDGOALS),)
+ifeq ($(filter-out clean format deps,$(MAKECMDGOALS)),)
+SKIP_DEPS := 1
+endif
+endif
+ifndef SKIP_DEPS
+ifneq ($(shell bash scripts/deps.sh >&2 && echo ok),ok)
+$(error could not install what the build needs (scripts/deps.sh, its output is above))
+endif
+endif
+
 deps:
 	@bash scripts/deps.sh
 
-build: deps $(addprefix $(REL)/,$(PROGRAMS))
-asan:  deps $(addprefix $(ASAN)/,$(PROGRAMS)) $(patsubst tests/unit/%.c,$(ASAN)/tests/%,$(UNIT_SRCS))
+build: $(addprefix $(REL)/,$(PROGRAMS))
+asan:  $(addprefix $(ASAN)/,$(PROGRAMS)) $(patsubst tests/unit/%.c,$(ASAN)/tests/%,$(UNIT_SRCS))
 
 # ---- objects, per flavour -------------------------------------------------------------
 # $(1) folder, $(2) flags, $(3) compiler
@@ -105,7 +119,7 @@ e2e: asan build
 FUZZ_SECONDS ?= 30
 $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ)/libskiff.a
 	clang $(BASE_CFLAGS) -Wno-error -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -o $@ $< $(FUZZ)/libskiff.a $(PKG_LIBS)
-fuzz-build: deps $(patsubst tests/fuzz/%.c,$(FUZZ)/%,$(FUZZ_SRCS))
+fuzz-build: $(patsubst tests/fuzz/%.c,$(FUZZ)/%,$(FUZZ_SRCS))
 fuzz: fuzz-build
 	@bash scripts/test.sh fuzz
 

@@ -1547,10 +1547,12 @@ json_t *api_core__instances_detail(struct api_core *core, const char *app_guid)
 
 #define CORE_INSTANCES_KIND "app.instances"
 
-/* The leader's record of the app's instances, when the cell that wrote it leads now. */
+/* The leader's record of the app's instances, when the cell that wrote it leads now. A
+ * skiffd that leads itself shows its own instances and reads no record: that read would wait
+ * on the loop for a database that may not answer. */
 static bool core__recorded_instances(struct api_core *core, const char *app_guid, json_t **detail)
 {
-    if (!core->cfg.cell_leads)
+    if (!core->cfg.cell_leads || core->cfg.cell_leads(core->cfg.cell_ctx, core->cfg.cell_id))
         return false;
     char *text = NULL;
     if (store_doc_get(core->cfg.store, CORE_INSTANCES_KIND, app_guid, &text) < 0)

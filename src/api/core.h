@@ -46,7 +46,8 @@ struct api_core_config {
     void *certs_ctx;
     /* Several skiffds on one store: the leader records its instances' states there
      * (api_core_record_instances), and a skiffd that runs none of an app's instances shows
-     * the record of the cell that leads now (NULL: the embedded store, nothing recorded). */
+     * the record of the cell that leads now (NULL: the embedded store, nothing recorded).
+     * Asked of its own cell_id, it answers whether this skiffd leads without reading the store. */
     bool (*cell_leads)(void *ctx, const char *cell_id);
     void *cell_ctx;
     const char *cell_id; /* this skiffd's cell (copied): each instance says where it runs */

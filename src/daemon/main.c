@@ -866,6 +866,8 @@ static void daemon_on_catch_up(uv_timer_t *t)
 static bool daemon_cell_leads(void *ctx, const char *cell_id)
 {
     struct daemon *d = ctx;
+    if (cell_id && !strcmp(cell_id, cells_id(d->cells)))
+        return daemon_leading(d); /* its own word, not the store's (no read on the loop) */
     return cells_leads(d->cells, cell_id);
 }
 

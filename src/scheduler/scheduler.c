@@ -154,8 +154,11 @@ struct scheduler {
     struct sched_write *writes; /* its app writes in the store's queue */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
-    uint64_t restarts_news; /* store_doc_news_kind of SCHED_RESTART_KIND when last read */
-    bool restarts_read;     /* ... since leading began */
+    uint64_t restarts_news;  /* store_doc_news_kind of SCHED_RESTART_KIND when last read */
+    uint64_t restarts_asked; /* ... when the read under way was asked */
+    bool restarts_read;      /* ... since leading began */
+    bool restarts_reading;   /* a read is under way (off the loop) */
+    bool restarts_missed;    /* news came meanwhile: read again once it is back */
     void (*shutdown_done)(void *);
     void *shutdown_arg;
 };
@@ -2045,24 +2048,21 @@ static int sched__restart_collect(void *ctx, const char *id, const char *json)
     return 0;
 }
 
-/* Leading: the restarts other skiffds asked for (sched__ask_restart) are carried out, each
- * once, and their documents deleted. Read once when leading begins (what was asked while
- * nobody, or this one holding, led), then when the change feed brings news of that kind
- * (scheduler_store_news): never on a timer, since a store whose feed is lost counts every
- * call as news and would read the server on the loop each second while it is silent. */
-static void sched__take_restarts(struct scheduler *s)
+/* The restarts read: each carried out once, its document deleted (unless leading ended
+ * meanwhile: the next leading reads them again). */
+static void sched__restarts_read(void *ctx, int rc, char **ids, char **bodies)
 {
-    uint64_t news = store_doc_news_kind(s->store, SCHED_RESTART_KIND);
-    if (s->restarts_read && news == s->restarts_news)
-        return;
-    s->restarts_read = true; /* a failed read is made again on the next news */
+    struct scheduler *s = ctx;
+    s->restarts_reading = false;
     struct sched__restart_list l = {0};
-    if (store_doc_each(s->store, SCHED_RESTART_KIND, sched__restart_collect, &l) < 0) {
-        free(l.v);
-        return;
-    }
-    s->restarts_news = news;
-    for (size_t i = 0; i < l.n; i++) {
+    for (size_t i = 0; rc == 0 && ids[i]; i++)
+        sched__restart_collect(&l, ids[i], bodies[i]);
+    store_strv_free(ids);
+    store_strv_free(bodies);
+    bool on = s->leading && !s->shutting_down;
+    if (rc == 0 && on)
+        s->restarts_news = s->restarts_asked;
+    for (size_t i = 0; on && i < l.n; i++) {
         store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);
         bool again = false; /* asked more than once since the last read: restarted once */
         for (size_t j = 0; j < i && !again; j++)
@@ -2075,6 +2075,31 @@ static void sched__take_restarts(struct scheduler *s)
                          "Restarted by the skiffd that leads, as another skiffd was asked");
     }
     free(l.v);
+    if (on && (s->restarts_missed || !s->restarts_read)) /* news, or leading anew, meanwhile */
+        sched__take_restarts(s);
+}
+
+/* Leading: the restarts other skiffds asked for (sched__ask_restart) are carried out, each
+ * once, and their documents deleted. Read once when leading begins (what was asked while
+ * nobody, or this one holding, led), then when the change feed brings news of that kind
+ * (scheduler_store_news): never on a timer, since a store whose feed is lost counts every
+ * call as news and would read the server each second while it is silent. The read is made
+ * by the store's writer, off the loop, which goes on meanwhile even if the server is silent. */
+static void sched__take_restarts(struct scheduler *s)
+{
+    uint64_t news = store_doc_news_kind(s->store, SCHED_RESTART_KIND);
+    if (s->restarts_read && news == s->restarts_news)
+        return;
+    if (s->restarts_reading) {
+        s->restarts_missed = true;
+        return;
+    }
+    s->restarts_read = true; /* a failed read is made again on the next news */
+    s->restarts_missed = false;
+    s->restarts_asked = news;
+    s->restarts_reading = true;
+    if (store_doc_each_fresh_async(s->store, SCHED_RESTART_KIND, sched__restarts_read, s) < 0)
+        s->restarts_reading = false;
 }
 
 void scheduler_store_news(struct scheduler *s)

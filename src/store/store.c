@@ -830,7 +830,9 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         [STORE_WRITE_DOC_CREATE] = "create",   [STORE_WRITE_DOC_UPDATE] = "update",
         [STORE_WRITE_AUDIT] = "add",           [STORE_READ_BLOB_REFS] = "read",
         [STORE_WRITE_DOC_REPLACE] = "replace", [STORE_READ_DOC_FRESH] = "read"};
-    if (w->op == STORE_READ_BLOB_REFS)
+    if (w->op == STORE_READ_DOC_EACH)
+        snprintf(buf, size, "read of the documents %s", w->kind);
+    else if (w->op == STORE_READ_BLOB_REFS)
         snprintf(buf, size, "read of the blobs packages and droplets name");
     else if (w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE)
         snprintf(buf, size, "%s of app %s (%s)",
@@ -1028,6 +1030,10 @@ static int store__write_now(struct store *st, struct store_write *w)
         free(w->json);
         w->json = NULL;
         rc = store_doc_get_fresh(st, w->kind, w->id, &w->json);
+        break;
+    case STORE_READ_DOC_EACH:
+        store_write_pairs_reset(w);
+        rc = store_doc_each_fresh(st, w->kind, store_write_pair_add, w);
         break;
     }
     w->rc = rc;
@@ -1335,18 +1341,18 @@ static bool store__domain_write_name(const struct store_write *w, char *buf, siz
 /* The reads' outcomes go to their own callbacks (what was read passed on, NULL on a failure). */
 static bool store__domain_write_report(struct store_write *w)
 {
-    if (w->op == STORE_READ_CERT_CHAINS) {
-        char **domains = w->rc < 0 ? NULL : w->refs, **chains = w->rc < 0 ? NULL : w->chains;
+    if (w->op == STORE_READ_CERT_CHAINS || w->op == STORE_READ_DOC_EACH) {
+        char **names = w->rc < 0 ? NULL : w->refs, **values = w->rc < 0 ? NULL : w->chains;
         if (w->rc < 0) {
             store_strv_free(w->refs);
             store_strv_free(w->chains);
         }
         w->refs = w->chains = NULL;
-        if (w->done_chains) {
-            w->done_chains(w->ctx, w->rc, domains, chains);
+        if (w->done_pairs) {
+            w->done_pairs(w->ctx, w->rc, names, values);
         } else {
-            store_strv_free(domains);
-            store_strv_free(chains);
+            store_strv_free(names);
+            store_strv_free(values);
         }
         return true;
     }
@@ -1476,11 +1482,38 @@ int store_doc_update_async(struct store *st, const char *kind, const char *id, c
     return store__queue(st, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, done, ctx));
 }
 
-int store_domain_cert_chains_async(struct store *st, store_chains_fn *done, void *ctx)
+int store_domain_cert_chains_async(struct store *st, store_pairs_fn *done, void *ctx)
 {
     struct store_write *w = store_write_new(STORE_READ_CERT_CHAINS, NULL, NULL, NULL, NULL, ctx);
-    w->done_chains = done;
+    w->done_pairs = done;
     return store__queue(st, w);
+}
+
+int store_doc_each_fresh_async(struct store *st, const char *kind, store_pairs_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_DOC_EACH, kind, NULL, NULL, NULL, ctx);
+    w->done_pairs = done;
+    return store__queue(st, w);
+}
+
+int store_write_pair_add(void *ctx, const char *id, const char *json)
+{
+    struct store_write *w = ctx;
+    w->refs = xrealloc(w->refs, (w->n_pairs + 2) * sizeof *w->refs);
+    w->chains = xrealloc(w->chains, (w->n_pairs + 2) * sizeof *w->chains);
+    w->refs[w->n_pairs] = xstrdup(id);
+    w->chains[w->n_pairs++] = xstrdup(json);
+    w->refs[w->n_pairs] = w->chains[w->n_pairs] = NULL;
+    return 0;
+}
+
+void store_write_pairs_reset(struct store_write *w)
+{
+    store_strv_free(w->refs);
+    store_strv_free(w->chains);
+    w->n_pairs = 0;
+    w->refs = xcalloc(1, sizeof *w->refs);
+    w->chains = xcalloc(1, sizeof *w->chains);
 }
 
 int store_audit_list_async(struct store *st, const char *space_guid, const char *org_guid,

@@ -588,8 +588,8 @@ int store_doc_update_async(struct store *st, const char *kind, const char *id, c
  * store_domain_cert_chains_async: every domain that has a certificate of its own, by name,
  * and its chain (never its key); both NULL-terminated, in step, the callback's to
  * store_strv_free (NULL on a failure). */
-typedef void store_chains_fn(void *ctx, int rc, char **domains, char **chains);
-int store_domain_cert_chains_async(struct store *st, store_chains_fn *done, void *ctx);
+typedef void store_pairs_fn(void *ctx, int rc, char **names, char **values);
+int store_domain_cert_chains_async(struct store *st, store_pairs_fn *done, void *ctx);
 /* store_audit_list's read (the same filters): done gets the events (the callback's to
  * store_audit_list_free; NULL and 0 on a failure). */
 typedef void store_audit_fn(void *ctx, int rc, struct store_audit_event *list, size_t n);
@@ -610,6 +610,9 @@ int store_doc_replace_async(struct store *st, const char *kind, const char *id,
  * them): done(ctx, rc, json) with 0 and the body (valid during the call only), -ENOENT, or
  * -EIO. */
 typedef void store_doc_fn(void *ctx, int rc, const char *json);
+/* store_doc_each_fresh off the caller's thread, in turn with the writes: done gets the ids
+ * and the bodies of the documents of kind, as store_domain_cert_chains_async does. */
+int store_doc_each_fresh_async(struct store *st, const char *kind, store_pairs_fn *done, void *ctx);
 int store_doc_get_fresh_async(struct store *st, const char *kind, const char *id,
                               store_doc_fn *done, void *ctx);
 

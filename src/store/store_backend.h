@@ -64,6 +64,7 @@ enum store_write_op {
     STORE_READ_AUDIT,
     STORE_WRITE_DOC_REPLACE, /* store_doc_replace(_async): kind, id, expected, json */
     STORE_READ_DOC_FRESH,    /* store_doc_get_fresh_async: kind, id; json gets what was read */
+    STORE_READ_DOC_EACH,     /* store_doc_each_fresh_async: kind; ids into refs, bodies chains */
 };
 struct store_write {
     enum store_write_op op;
@@ -88,8 +89,11 @@ struct store_write {
     /* Domains, certificates, mappings, audit (the ops above) */
     char *org_guid;           /* STORE_WRITE_DOMAIN_ADD: NULL for a shared domain */
     char *cert_pem, *key_pem; /* STORE_WRITE_CERT_SET (the key wiped when freed) */
-    char **chains;            /* STORE_READ_CERT_CHAINS: the chains of the domains in refs */
-    store_chains_fn *done_chains;
+    /* STORE_READ_CERT_CHAINS: the chains of the domains in refs; STORE_READ_DOC_EACH: the
+     * bodies of the documents whose ids are in refs (n_pairs of each) */
+    char **chains;
+    size_t n_pairs;
+    store_pairs_fn *done_pairs;
     struct store_audit_query {
         char *space_guid, *org_guid, *target;
         int64_t before_id;
@@ -128,6 +132,11 @@ struct store_write *store_write_doc_replace(const char *kind, const char *id, co
                                             const char *json, store_done_fn *done, void *ctx);
 struct store_write *store_write_doc_fresh(const char *kind, const char *id, store_doc_fn *done,
                                           void *ctx);
+/* A STORE_READ_DOC_EACH from its start (again, after a try on a lost connection): nothing
+ * read, an empty list if nothing is; store_write_pair_add (a store_doc_each callback) adds a
+ * document read to it (w). */
+void store_write_pairs_reset(struct store_write *w);
+int store_write_pair_add(void *w, const char *id, const char *json);
 /* Calls w's callback with its outcome (a read's list passed on). */
 void store_write_report(struct store_write *w);
 /* A domain's or certificate's write (STORE_WRITE_DOMAIN_*, STORE_WRITE_CERT_*), with copies. */

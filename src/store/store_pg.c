@@ -3180,6 +3180,9 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         free(w->json); /* a try before a lost connection */
         w->json = NULL;
         return pg__doc_get_query(wb, w->kind, w->id, &w->json);
+    case STORE_READ_DOC_EACH:
+        store_write_pairs_reset(w);
+        return pg__doc_each_query(wb, w->kind, store_write_pair_add, w);
     case STORE_WRITE_DOMAIN_ADD:
     case STORE_WRITE_DOMAIN_DELETE:
     case STORE_WRITE_CERT_SET:

@@ -108,26 +108,22 @@ def serves(p, name):
     return status == 200 and text.startswith("instance")
 
 
-class Prober:
-    """Sends a request through p's router every 50 ms from a thread until stopped; counts
-    the answers that are not the app's."""
+class Ticking:
+    """Calls self.tick() from a thread every self.every seconds, from entering the context
+    until leaving it (then self.close())."""
+    every = 0.05
 
-    def __init__(self, p, name):
-        self.p, self.name = p, name
-        self.sent = self.failed = 0
-        self.failures = []
+    def __init__(self):
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
         while not self.done.is_set():
-            status, text = http_get(self.p.router_url + "/", host=f"{self.name}.localhost",
-                                    timeout=2)
-            self.sent += 1
-            if not (status == 200 and text.startswith("instance")):
-                self.failed += 1
-                self.failures.append((round(time.monotonic(), 2), status, text[:80]))
-            time.sleep(0.05)
+            self.tick()
+            time.sleep(self.every)
+
+    def close(self):
+        pass
 
     def __enter__(self):
         self.thread.start()
@@ -136,6 +132,26 @@ class Prober:
     def __exit__(self, *exc):
         self.done.set()
         self.thread.join(10)
+        self.close()
+
+
+class Prober(Ticking):
+    """Sends a request through p's router every 50 ms from a thread until stopped; counts
+    the answers that are not the app's."""
+
+    def __init__(self, p, name):
+        super().__init__()
+        self.p, self.name = p, name
+        self.sent = self.failed = 0
+        self.failures = []
+
+    def tick(self):
+        status, text = http_get(self.p.router_url + "/", host=f"{self.name}.localhost",
+                                timeout=2)
+        self.sent += 1
+        if not (status == 200 and text.startswith("instance")):
+            self.failed += 1
+            self.failures.append((round(time.monotonic(), 2), status, text[:80]))
 
 
 def lone_leader_serving(made, pg_dir, nats, name):
@@ -278,38 +294,30 @@ def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
         assert instance_processes(a) == 1
 
 
-class Forger:
+class Forger(Ticking):
     """From a thread until stopped, any client on the bus (a cell's credentials would do)
     saying every 100 ms that another skiffd leads: a heartbeat with "leading": true from a
     made-up cell, and a request on the target's own req subject, as a leader would send."""
+    every = 0.1
 
     def __init__(self, nats, target_id):  # noqa: F811
+        super().__init__()
         self.client = Client(nats.port)
         self.target_id = target_id
         self.fake_id = uuid.uuid4().hex
         self.sent = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def run(self):
-        while not self.done.is_set():
-            self.client.pub("skiff.cell.%s.up" % self.fake_id, {
-                "v": 1, "type": "heartbeat", "id": self.fake_id, "host": "forged",
-                "zone": "zone-a", "memory_capacity_bytes": 1 << 30, "memory_used_bytes": 0,
-                "interval_ms": 100, "at_ms": int(time.time() * 1000), "instances": [],
-                "leading": True, "blobs": "store"})
-            self.client.pub("skiff.cell.%s.req" % self.target_id,
-                            {"v": 1, "op": "stop", "guid": str(uuid.uuid4())})
-            self.sent += 1
-            time.sleep(0.1)
+    def tick(self):
+        self.client.pub("skiff.cell.%s.up" % self.fake_id, {
+            "v": 1, "type": "heartbeat", "id": self.fake_id, "host": "forged",
+            "zone": "zone-a", "memory_capacity_bytes": 1 << 30, "memory_used_bytes": 0,
+            "interval_ms": 100, "at_ms": int(time.time() * 1000), "instances": [],
+            "leading": True, "blobs": "store"})
+        self.client.pub("skiff.cell.%s.req" % self.target_id,
+                        {"v": 1, "op": "stop", "guid": str(uuid.uuid4())})
+        self.sent += 1
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join(10)
+    def close(self):
         self.client.s.close()
 
 

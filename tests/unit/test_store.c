@@ -1881,9 +1881,29 @@ static void hold_release(PGconn *c)
     PQfinish(c);
 }
 
+/* What a queued read of the certificates' chains (or of a kind's documents: ids in domains,
+ * bodies in chains) or of the audit list gave its callback. */
+struct read_log {
+    struct done_log *log;
+    int tag;
+    char **domains, **chains;
+    struct store_audit_event *events;
+    size_t n_events;
+};
+
+static void note_chains(void *ctx, int rc, char **domains, char **chains)
+{
+    struct read_log *r = ctx;
+    note_done(done_tag(r->log, r->tag), rc);
+    r->domains = domains;
+    r->chains = chains;
+}
+
 /* Queued writes are made in the order asked for and reported in that order, on both
  * backends; until they are made (a row held by another transaction on PostgreSQL), reads
- * already see them, and a synchronous write waits behind them rather than overtaking. */
+ * already see them, and a synchronous write waits behind them rather than overtaking. A
+ * queued read of a kind sees the writes queued before it (and a kind without documents is
+ * read as empty lists). */
 static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
 {
     (void)state;
@@ -1893,6 +1913,7 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
     PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
     struct done_log log = {0};
+    struct read_log kind = {.log = &log, .tag = 5}, none = {.log = &log, .tag = 6};
     assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
                      0);
     assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, done_tag(&log, 1)),
@@ -1901,8 +1922,10 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, done_tag(&log, 3)),
                      0);
     assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, done_tag(&log, 4)), 0);
-    if (hold) /* all five wait behind the held row */
-        assert_int_equal(store_async_queued(st), 5);
+    assert_int_equal(store_doc_each_fresh_async(st, "k", note_chains, &kind), 0);
+    assert_int_equal(store_doc_each_fresh_async(st, "empty", note_chains, &none), 0);
+    if (hold) /* all seven wait behind the held row */
+        assert_int_equal(store_async_queued(st), 7);
     char *json = doc_body(st, "k", "a");
     assert_string_equal(json, "{\"v\":2}");
     free(json);
@@ -1915,13 +1938,26 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_string_equal(ids.ids, "a,c");
     if (hold)
         hold_release(hold);
-    reap_until(st, &log, 5);
-    for (int i = 0; i < 5; i++)
+    reap_until(st, &log, 7);
+    for (int i = 0; i < 7; i++)
         assert_int_equal(log.order[i], i);
     assert_int_equal(log.rc[0], 0);
     assert_int_equal(log.rc[3], 0);
     assert_int_equal(log.rc[4], -ENOENT); /* the answer of the synchronous call */
+    assert_int_equal(log.rc[5], 0);
     assert_int_equal(store_async_queued(st), 0);
+    assert_string_equal(kind.domains[0], "a");
+    assert_string_equal(kind.chains[0], "{\"v\":2}");
+    assert_string_equal(kind.domains[1], "c");
+    assert_string_equal(kind.chains[1], "{\"v\":3}");
+    assert_null(kind.domains[2]);
+    assert_null(kind.chains[2]);
+    assert_null(none.domains[0]);
+    assert_null(none.chains[0]);
+    store_strv_free(kind.domains);
+    store_strv_free(kind.chains);
+    store_strv_free(none.domains);
+    store_strv_free(none.chains);
     store_close(st);
     /* what another store reads from the database afterwards */
     st = open_ok(path);
@@ -3222,23 +3258,6 @@ static bool strv_has(char **v, const char *s)
         if (!strcmp(v[i], s))
             return true;
     return false;
-}
-
-/* What a queued read of the certificates' chains or of the audit list gave its callback. */
-struct read_log {
-    struct done_log *log;
-    int tag;
-    char **domains, **chains;
-    struct store_audit_event *events;
-    size_t n_events;
-};
-
-static void note_chains(void *ctx, int rc, char **domains, char **chains)
-{
-    struct read_log *r = ctx;
-    note_done(done_tag(r->log, r->tag), rc);
-    r->domains = domains;
-    r->chains = chains;
 }
 
 static void note_audit(void *ctx, int rc, struct store_audit_event *list, size_t n)
