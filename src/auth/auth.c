@@ -2459,12 +2459,14 @@ static struct auth *auth__load(struct store *st)
     struct auth *a = xcalloc(1, sizeof *a);
     a->store = st;
     a->loaded_news = store_doc_news_kind(st, "auth"); /* news during the reads: read again */
-    if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
+    /* read fresh: a reload follows news of one kind (the generation), which may come before
+     * the store's copy of the others has caught up */
+    if (store_doc_each_fresh(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
+        store_doc_each_fresh(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
+        store_doc_each_fresh(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
+        store_doc_each_fresh(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
+        store_doc_each_fresh(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
+        store_doc_each_fresh(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
         auth_free(a);
         return NULL;
     }

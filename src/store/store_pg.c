@@ -243,6 +243,16 @@ struct pg_doc {
     char *kind, *id, *json;
 };
 
+/* A kind held whole that news named, read again through the writer, the copy answering as it
+ * is meanwhile (pg__doc_refresh). written: this store queued a write of the kind since (the
+ * read may lack it: read again rather than kept); again: more news came since; heard: news
+ * to count (store_doc_news) once the kind is read, so that whoever reads on that news reads
+ * what it announced. */
+struct pg_refresh {
+    char *kind;
+    bool written, again, heard;
+};
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
@@ -305,6 +315,8 @@ struct store_backend {
     char **full_kinds;
     size_t n_full_kinds;
     uint64_t docs_at;
+    struct pg_refresh *refreshes; /* kinds held whole that news named, read again */
+    size_t n_refreshes;
     /* Droplets read (never changed once written), kept while drops_gen stays at drops_at:
      * another writer's "droplets" notification, "all", a lost feed and this store's own
      * deletions move it. */
@@ -639,11 +651,11 @@ static void pg__feed_reopen(struct store_backend *b)
 
 /* Counts news of documents of one kind, in its own counter. */
 static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind);
+static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool heard);
 
-static void pg__kind_news(struct store_backend *b, const char *kind)
+static void pg__kind_counted(struct store_backend *b, const char *kind)
 {
     b->kinds_heard++;
-    pg__doc_cache_forget_kind(b, kind);
     for (size_t i = 0; i < b->n_kinds; i++)
         if (!strcmp(b->kinds[i].kind, kind)) {
             b->kinds[i].gen++;
@@ -657,6 +669,16 @@ static void pg__kind_news(struct store_backend *b, const char *kind)
         b->kinds = xcalloc(PG_FEED_KINDS, sizeof *b->kinds);
     b->kinds[b->n_kinds].kind = xstrdup(kind);
     b->kinds[b->n_kinds++].gen = 1;
+}
+
+/* News of a kind: a kind the copy holds whole is read again off the loop and its news
+ * counted once it is (pg__doc_refreshed); any other is forgotten, read from the server next. */
+static void pg__kind_news(struct store_backend *b, const char *kind)
+{
+    if (!pg__doc_refresh(b, kind, true)) {
+        pg__doc_cache_forget_kind(b, kind);
+        pg__kind_counted(b, kind);
+    }
 }
 
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
@@ -885,6 +907,9 @@ static void pg__close(struct store_backend *b)
     store_task_list_free(b->tview, b->n_tview);
     store_route_list_free(b->rview, b->n_rview);
     pg__doc_cache_clear(b);
+    for (size_t i = 0; i < b->n_refreshes; i++)
+        free(b->refreshes[i].kind);
+    free(b->refreshes);
     pg__drops_clear(b);
     pg__pkgs_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -3347,6 +3372,13 @@ static bool pg__doc_kind_full(struct store_backend *b, const char *kind)
     return false;
 }
 
+/* The copy holds every document of kind (its documents were just put in it). */
+static void pg__doc_kind_held(struct store_backend *b, const char *kind)
+{
+    b->full_kinds = xrealloc(b->full_kinds, (b->n_full_kinds + 1) * sizeof *b->full_kinds);
+    b->full_kinds[b->n_full_kinds++] = xstrdup(kind);
+}
+
 /* json NULL: known absent */
 static void pg__doc_cache_set(struct store_backend *b, const char *kind, const char *id,
                               const char *json)
@@ -3714,8 +3746,15 @@ static void pg__app_read_finished(struct store_backend *b, struct store_write *w
 }
 
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
+static void pg__doc_refreshed(struct store_backend *b, const struct store_write *w);
+
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_DOC_EACH) {
+        if (w->refresh)
+            pg__doc_refreshed(b, w);
+        return;
+    }
     if (w->op == STORE_READ_APP) {
         pg__app_read_finished(b, w);
         return;
@@ -3825,6 +3864,9 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         pg__app_queued(b, copy);
     else
         pg__cache_queued(b, w);
+    for (size_t i = 0; pg__is_doc_write(w) && i < b->n_refreshes; i++)
+        if (!strcmp(b->refreshes[i].kind, w->kind))
+            b->refreshes[i].written = true;
     if (pg__is_pending_write(w)) {
         b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
         b->pending[b->n_pending++] = w;
@@ -3850,6 +3892,65 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         b->dom_pending[b->n_dom_pending++] = w;
     }
     return 0;
+}
+
+/* News of a kind the copy holds whole (and the feed on; heard: news to count once it is
+ * read): its documents are read again through the writer, in turn with the writes, and the
+ * copy answers as it is until they are back (true). One such read at a time per kind: news
+ * meanwhile marks it to be made again. false: not held whole, or not queued; the caller
+ * forgets the kind. */
+static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool heard)
+{
+    if (!b->writer || b->feed_state != PG_FEED_ON || !pg__doc_kind_full(b, kind))
+        return false;
+    for (size_t i = 0; i < b->n_refreshes; i++)
+        if (!strcmp(b->refreshes[i].kind, kind)) {
+            b->refreshes[i].again = true;
+            b->refreshes[i].heard |= heard;
+            return true;
+        }
+    struct store_write *w = store_write_new(STORE_READ_DOC_EACH, kind, NULL, NULL, NULL, NULL);
+    w->refresh = true;
+    b->refreshes = xrealloc(b->refreshes, (b->n_refreshes + 1) * sizeof *b->refreshes);
+    b->refreshes[b->n_refreshes++] = (struct pg_refresh){.kind = xstrdup(kind), .heard = heard};
+    if (pg__submit(b, w) == 0)
+        return true;
+    for (size_t i = 0; i < b->n_refreshes; i++)
+        if (!strcmp(b->refreshes[i].kind, kind)) {
+            free(b->refreshes[i].kind);
+            b->refreshes[i] = b->refreshes[--b->n_refreshes];
+            break;
+        }
+    return false;
+}
+
+/* A kind read again (pg__doc_refresh): what was read replaces the copy's documents of it,
+ * unless this store queued a write of it meanwhile or the copy no longer holds it whole; it
+ * is read once more if either that write or more news came meanwhile. Once it is read (or
+ * dropped, to be read from the server), the news it waited for is counted. */
+static void pg__doc_refreshed(struct store_backend *b, const struct store_write *w)
+{
+    bool on = w->rc == 0 && pg__doc_cache_on(b); /* news it brings marks this kind again */
+    size_t i = 0;
+    while (i < b->n_refreshes && strcmp(b->refreshes[i].kind, w->kind))
+        i++;
+    if (i == b->n_refreshes)
+        return;
+    struct pg_refresh r = b->refreshes[i];
+    b->refreshes[i] = b->refreshes[--b->n_refreshes];
+    bool held = on && pg__doc_kind_full(b, w->kind);
+    if (held && !r.written) {
+        pg__doc_cache_forget_kind(b, w->kind);
+        for (size_t k = 0; w->refs && w->refs[k]; k++)
+            pg__doc_cache_set(b, w->kind, w->refs[k], w->chains[k]);
+        pg__doc_kind_held(b, w->kind);
+    }
+    bool more = held && (r.written || r.again) && pg__doc_refresh(b, w->kind, r.heard);
+    if (!held || ((r.written || r.again) && !more))
+        pg__doc_cache_forget_kind(b, w->kind);
+    if (r.heard && !more)
+        pg__kind_counted(b, w->kind);
+    free(r.kind);
 }
 
 /* A synchronous write: queued behind the others and awaited (w is taken). The write's rc,
@@ -4300,8 +4401,7 @@ static int pg__doc_rows(struct store_backend *b, const char *kind, struct pg_doc
     pg__pending_over_rows(p, np, r);
     for (size_t i = 0; i < np; i++) /* queued: what they will make, not what was read */
         pg__doc_cache_set(b, kind, p[i].id, p[i].json);
-    b->full_kinds = xrealloc(b->full_kinds, (b->n_full_kinds + 1) * sizeof *b->full_kinds);
-    b->full_kinds[b->n_full_kinds++] = xstrdup(kind);
+    pg__doc_kind_held(b, kind);
     return 0;
 }
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import WEB_APP, Platform, deploy_bits, postgres_server_pids, throwaway_postgres
+from controllers import cells, pair  # noqa: F401
 
 
 @pytest.fixture
@@ -369,7 +370,7 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
         cert, key = CA(os.path.join(p.home, "paused-ca")).issue("certified.test",
                                                                 ["certified.test"])
         with open(cert) as c, open(key) as k:
-            pair = {"cert": c.read(), "key": k.read()}
+            cert_pair = {"cert": c.read(), "key": k.read()}
         status, listed = p.api("GET", "/v1/event-mappings")
         assert status == 200 and [m["id"] for m in listed["event_mappings"]] == [old["id"]]
 
@@ -387,7 +388,7 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
 
         answers = writes_while_paused(
             p, pids, [("domain", "POST", "/v1/domains", {"name": "paused.test"}),
-                      ("cert", "PUT", "/v1/domains/certified.test/certificate", pair),
+                      ("cert", "PUT", "/v1/domains/certified.test/certificate", cert_pair),
                       ("map", "POST", "/v1/event-mappings",
                        {"app": "mapped", "topic": "new", "id": "made-while-paused"}),
                       ("unmap", "DELETE", f"/v1/event-mappings/{old['id']}"),
@@ -410,7 +411,8 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
         assert by_name["certified.test"]["certificate"]["subject"].endswith("certified.test")
         # the certificates come from a read of their chains: never a key in an answer
         for answer in (answers["cert"][0][1], answers["domains"][0][1], domains):
-            assert "PRIVATE KEY" not in json.dumps(answer) and pair["key"] not in json.dumps(answer)
+            shown = json.dumps(answer)
+            assert "PRIVATE KEY" not in shown and cert_pair["key"] not in shown
         p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
         assert "paused.test" in db_rows(url, "SELECT name FROM domains")
         assert db_rows(url, "SELECT domain FROM domain_certs") == ["certified.test"]
@@ -656,3 +658,27 @@ def test_a_binding_an_invoke_and_a_mapping_the_copy_lacks_wait_for_the_silent_se
         out = p.output()
         assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
+
+
+def test_a_followers_cell_list_answers_from_its_copy_while_the_server_is_stopped(
+        pair, pg_dir):  # noqa: F811
+    """Two skiffds write their heartbeats (documents of kind "cell") every 300 ms, so each hears
+    the other's news all the time. With the server stopped, the follower's GET /v1/cells is
+    answered from its copy of the cells, read again off the loop on each news, within 1 s as
+    GET /v1/info is; before, news dropped that copy and the next list read the stopped server
+    on the loop (30 s, the client's timeout)."""
+    a, b = pair
+    assert len(cells(b)["cells"]) == 2  # the kind read whole
+    pids = postgres_server_pids(pg_dir)
+    pause(pids)
+    try:
+        slowest = 0.0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            body, took = timed(lambda: cells(b))
+            assert len(body["cells"]) == 2, body
+            _, took_info = timed(b.info)
+            slowest = max(slowest, took, took_info)
+        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was stopped"
+    finally:
+        resume(pids)

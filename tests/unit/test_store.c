@@ -2461,14 +2461,19 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
     assert_string_equal(ids.ids, "b,c");
     assert_null(doc_body(st, "k", "a"));
     raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
-    /* another writer's change is news: read again */
+    /* another writer's change is news: the kind read whole is read again (through the
+     * writer: reaped), and the news counts once it is in the copy */
     uint64_t news = store_doc_news(st);
     assert_int_equal(store_doc_put(other, "k", "b", "{\"by\":\"other\"}"), 0);
-    for (int i = 0; i < 1000 && store_doc_news(st) == news; i++)
+    for (int i = 0; i < 1000 && store_doc_news(st) == news; i++) {
+        store_async_reap(st);
         usleep(10 * 1000);
+    }
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away");
     json = doc_body(st, "k", "b");
     assert_string_equal(json, "{\"by\":\"other\"}");
     free(json);
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
     /* news of another kind leaves this kind's copy: answered with the table away */
     news = store_doc_news(st);
     assert_int_equal(store_doc_put(other, "cell", "x", "{}"), 0);
@@ -2478,6 +2483,62 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
     json = doc_body(st, "k", "b");
     assert_string_equal(json, "{\"by\":\"other\"}");
     free(json);
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* News of a kind held whole is read again through the writer, in turn with the writes (here
+ * behind one waiting on a held row): meanwhile the copy answers as it was and the news is not
+ * counted; once the read is back, the copy holds the other writer's change and the news
+ * counts. A write of the kind queued here while it is read again has the kind read once more,
+ * so the copy never loses that write. */
+static void test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *st = open_ok(path), *other = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
+    assert_int_equal(store_doc_put(st, "k", "held", "{}"), 0);
+    struct doc_ids ids = {""};
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0); /* held whole */
+    PGconn *hold = hold_row(path, "k", "held");
+    struct done_log log = {0};
+    assert_int_equal(
+        store_doc_put_async(st, "k", "held", "{\"h\":1}", note_done, done_tag(&log, 0)), 0);
+    uint64_t news = store_doc_news(st), kind_news = store_doc_news_kind(st, "k");
+    assert_int_equal(store_doc_put(other, "k", "a", "{\"v\":1}"), 0);
+    /* heard: the read again waits behind the held write */
+    for (int i = 0; i < 1000 && store_async_queued(st) < 2; i++) {
+        store_doc_news(st);
+        usleep(10 * 1000);
+    }
+    assert_int_equal(store_async_queued(st), 2);
+    char *json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":0}"); /* the copy's (the server has v 1) */
+    free(json);
+    assert_true(store_doc_news(st) == news);
+    assert_true(store_doc_news_kind(st, "k") == kind_news);
+    /* a write of the kind queued meanwhile: kept, and the kind read once more */
+    assert_int_equal(store_doc_put_async(st, "k", "mine", "{}", note_done, done_tag(&log, 1)), 0);
+    hold_release(hold);
+    reap_until(st, &log, 2);
+    for (int i = 0; i < 1000 && (store_async_queued(st) || store_doc_news(st) == news); i++) {
+        store_async_reap(st);
+        usleep(10 * 1000);
+    }
+    assert_true(store_doc_news(st) != news);
+    assert_true(store_doc_news_kind(st, "k") != kind_news);
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away"); /* the copy answers */
+    json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,held,mine");
     raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
     store_close(other);
     store_close(st);
@@ -3702,6 +3763,7 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(test_close_makes_the_queued_writes),                                      \
         cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
         cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one),     \
+        cmocka_unit_test(test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread),     \
         cmocka_unit_test(test_fresh_reads_see_a_write_the_feed_has_not_told_of),                   \
         cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted),                  \
         cmocka_unit_test(                                                                          \
