@@ -1554,8 +1554,9 @@ static bool core__recorded_instances(struct api_core *core, const char *app_guid
 {
     if (!core->cfg.cell_leads || core->cfg.cell_leads(core->cfg.cell_ctx, core->cfg.cell_id))
         return false;
-    char *text = NULL;
-    if (store_doc_get(core->cfg.store, CORE_INSTANCES_KIND, app_guid, &text) < 0)
+    char *text = NULL; /* the records held whole: read from memory, kept fresh off the loop */
+    if (store_doc_hold(core->cfg.store, CORE_INSTANCES_KIND) < 0 ||
+        store_doc_get(core->cfg.store, CORE_INSTANCES_KIND, app_guid, &text) < 0)
         return false;
     json_t *doc = json_loads(text, 0, NULL);
     free(text);

@@ -190,8 +190,9 @@ int api_labels_match(json_t *labels, const char *selector, char *err, size_t err
 json_t *api_core__metadata_get(struct api_core *core, const char *app_guid)
 {
     char *text = NULL;
-    json_t *m = NULL;
-    if (store_doc_get(core->cfg.store, METADATA_KIND, app_guid, &text) == 0)
+    json_t *m = NULL; /* the kind held whole: read from memory, kept fresh off the loop */
+    if (store_doc_hold(core->cfg.store, METADATA_KIND) == 0 &&
+        store_doc_get(core->cfg.store, METADATA_KIND, app_guid, &text) == 0)
         m = json_loads(text, 0, NULL);
     free(text);
     if (!json_is_object(m)) {

@@ -230,7 +230,8 @@ static json_t *cells__entry(const char *id, const char *text, int64_t now)
 bool cells_leads(struct cells *c, const char *id)
 {
     char *text = NULL;
-    if (!id || !*id || store_doc_get(c->store, CELLS_KIND, id, &text) < 0)
+    if (!id || !*id || store_doc_hold(c->store, CELLS_KIND) < 0 ||
+        store_doc_get(c->store, CELLS_KIND, id, &text) < 0)
         return false;
     json_t *e = cells__entry(id, text, time_now_ms());
     free(text);

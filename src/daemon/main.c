@@ -627,6 +627,15 @@ static void daemon_store_app_changed(void *ctx, const char *app_guid)
     store_app_list_free(apps, n);
 }
 
+/* Those who read documents on news look whether theirs changed: after the feed brought news,
+ * and after the store's writer reported back, as news of a kind the store's copy holds whole
+ * counts only once that kind is read again (src/store/README.md). */
+static void daemon_store_news(struct daemon *d)
+{
+    invoker_store_news(d->invoker);
+    scheduler_store_news(d->sched);
+}
+
 /* Something was written to the store (by this skiffd or another): the apps others changed
  * converge, and the route table is sent again (a route another skiffd mapped is served
  * here too; the table is built from the store's read cache, at most every 5 ms). A lost
@@ -638,8 +647,7 @@ static void daemon_store_feed(uv_poll_t *h, int status, int events)
     store_feed_take(d->store, daemon_store_app_changed, d);
     if (d->bus)
         bus_routes_changed(d->bus);
-    invoker_store_news(d->invoker);
-    scheduler_store_news(d->sched);
+    daemon_store_news(d);
 }
 
 static void daemon_store_feed_poll_closed(uv_handle_t *h)
@@ -691,6 +699,7 @@ static void daemon_store_writes(uv_poll_t *h, int status, int events)
 {
     struct daemon *d = h->data;
     store_async_reap(d->store);
+    daemon_store_news(d);
 }
 
 /* The store's writes made off the loop report back here (PostgreSQL); kept until the end,

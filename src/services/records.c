@@ -152,8 +152,9 @@ int services_delete(struct services *s, const char *kind, const char *guid)
 
 json_t *services_get(struct services *s, const char *kind, const char *guid)
 {
-    char *text = NULL;
-    if (!guid || store_doc_get(s->store, kind, guid, &text) < 0)
+    char *text = NULL; /* the kind held whole: read from memory, kept fresh off the loop */
+    if (!guid || store_doc_hold(s->store, kind) < 0 ||
+        store_doc_get(s->store, kind, guid, &text) < 0)
         return NULL;
     json_t *rec = json_loads(text, 0, NULL);
     free(text);

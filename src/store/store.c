@@ -449,6 +449,11 @@ int store_doc_each(struct store *st, const char *kind,
     return st->ops->doc_each(st->backend, kind, fn, ctx);
 }
 
+int store_doc_hold(struct store *st, const char *kind)
+{
+    return st->ops->doc_hold ? st->ops->doc_hold(st->backend, kind) : 0;
+}
+
 int store_doc_each_fresh(struct store *st, const char *kind,
                          int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {

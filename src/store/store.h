@@ -425,6 +425,12 @@ int store_doc_each(struct store *st, const char *kind,
  * the database holds it, so no caller can fill the copy with made-up keys. */
 int store_doc_each_fresh(struct store *st, const char *kind,
                          int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+/* Has the copy hold the documents of kind whole (PostgreSQL): read whole now when it does not
+ * (once, and again only after the copy dropped them: a lost feed, a failed write), then kept
+ * by the change feed and read again off the caller's thread on another writer's news, so
+ * store_doc_get of that kind answers from memory. For small kinds read by id on the event
+ * loop (a cell's heartbeat, an app's instance record). 0, or the read's error; 0 on SQLite. */
+int store_doc_hold(struct store *st, const char *kind);
 /* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
  * so that a record rewritten now and then is never brought back after its deletion. */
 int store_doc_update(struct store *st, const char *kind, const char *id, const char *json);

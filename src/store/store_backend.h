@@ -219,6 +219,7 @@ struct store_ops {
     int (*doc_each)(struct store_backend *b, const char *kind,
                     int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
     /* NULL where doc_each reads the database itself */
+    int (*doc_hold)(struct store_backend *b, const char *kind); /* NULL: nothing to hold */
     int (*doc_each_fresh)(struct store_backend *b, const char *kind,
                           int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
     int (*doc_update)(struct store_backend *b, const char *kind, const char *id, const char *json);

@@ -4435,6 +4435,19 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
     return rc;
 }
 
+static int pg__doc_hold(struct store_backend *b, const char *kind)
+{
+    if (!pg__doc_cache_on(b) || pg__doc_kind_full(b, kind))
+        return 0;
+    struct pg_pending *p = NULL;
+    size_t np = pg__pending(b, kind, NULL, &p);
+    struct pg_doc_rows r = {0};
+    int rc = pg__doc_rows(b, kind, &r, p, np);
+    pg__pending_free(r.v, r.n);
+    pg__pending_free(p, np);
+    return rc;
+}
+
 static int pg__doc_each_fresh(struct store_backend *b, const char *kind,
                               int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
@@ -4488,6 +4501,7 @@ const struct store_ops store_pg_ops = {
     .doc_create = pg__doc_create,
     .doc_get = pg__doc_get,
     .doc_get_fresh = pg__doc_get_fresh,
+    .doc_hold = pg__doc_hold,
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
     .doc_each_fresh = pg__doc_each_fresh,

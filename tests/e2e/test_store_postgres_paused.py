@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import WEB_APP, Platform, deploy_bits, postgres_server_pids, throwaway_postgres
-from controllers import cells, pair  # noqa: F401
+from controllers import cells, leader_and_follower, psql
 
 
 @pytest.fixture
@@ -660,25 +660,56 @@ def test_a_binding_an_invoke_and_a_mapping_the_copy_lacks_wait_for_the_silent_se
         assert "Sanitizer" not in out and "runtime error" not in out, out
 
 
-def test_a_followers_cell_list_answers_from_its_copy_while_the_server_is_stopped(
-        pair, pg_dir):  # noqa: F811
-    """Two skiffds write their heartbeats (documents of kind "cell") every 300 ms, so each hears
-    the other's news all the time. With the server stopped, the follower's GET /v1/cells is
-    answered from its copy of the cells, read again off the loop on each news, within 1 s as
-    GET /v1/info is; before, news dropped that copy and the next list read the stopped server
-    on the loop (30 s, the client's timeout)."""
-    a, b = pair
-    assert len(cells(b)["cells"]) == 2  # the kind read whole
-    pids = postgres_server_pids(pg_dir)
-    pause(pids)
-    try:
-        slowest = 0.0
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            body, took = timed(lambda: cells(b))
-            assert len(body["cells"]) == 2, body
-            _, took_info = timed(b.info)
-            slowest = max(slowest, took, took_info)
-        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was stopped"
-    finally:
-        resume(pids)
+def running(p, name):
+    """The app's RUNNING instances as p's GET /v1/apps/NAME shows them."""
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return [d for d in app["instances_detail"] if d.get("state") == "RUNNING"]
+
+
+def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stopped(pg_dir):
+    """A leader runs an app's instance; its follower runs none of it and shows the leader's
+    record of it. Both write their heartbeats (documents of kind "cell") every 300 ms and the
+    leader its instance records. The server processes of the follower's own connections are
+    stopped, all but its change feed's: the leader goes on writing and the follower goes on
+    hearing of it. The follower's GET /v1/cells and GET /v1/apps/NAME (which reads the leader's
+    record and heartbeat) are answered from its copies (the cells and the instance records
+    held whole, to be read again through its stopped writer) within 1 s, as GET /v1/info is;
+    before, news dropped those copies and the next call read the server on the loop (30 s,
+    the client's timeout)."""
+    files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
+
+    def named(zone):  # each skiffd's connections named, to find the follower's
+        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
+        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
+                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
+
+    def deployed(a):
+        deploy_bits(a, "kept", files, {"instances": 1, "memory_mb": 32})
+        a.wait_for(lambda: running(a, "kept"), timeout=60, what="the leader's instance")
+
+    with leader_and_follower(named, then=deployed) as (a, b):
+        b.wait_for(lambda: running(b, "kept"), timeout=30,
+                   what="the follower to show the leader's instance")
+        assert len(cells(b)["cells"]) == 2
+        own = [int(pid) for pid in psql(
+            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-b'"
+            " AND query NOT LIKE 'LISTEN%'").split()]
+        assert own, "the follower's connections"
+        pause(own)
+        try:
+            before = a.api("GET", "/v1/cells")[1]["cells"]
+            slowest = 0.0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                listed, took = timed(lambda: cells(b))
+                assert len(listed["cells"]) == 2, listed
+                # answered from the copy as it was: the leader's heartbeat there ages (its
+                # read again waits behind the stopped writer), so its instance soon shows no more
+                _, took_app = timed(lambda: running(b, "kept"))
+                _, took_info = timed(b.info)
+                slowest = max(slowest, took, took_app, took_info)
+            assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+            assert a.api("GET", "/v1/cells")[1]["cells"] != before  # the leader wrote on
+        finally:
+            resume(own)

@@ -2489,11 +2489,11 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
     remove_db(path);
 }
 
-/* News of a kind held whole is read again through the writer, in turn with the writes (here
- * behind one waiting on a held row): meanwhile the copy answers as it was and the news is not
- * counted; once the read is back, the copy holds the other writer's change and the news
- * counts. A write of the kind queued here while it is read again has the kind read once more,
- * so the copy never loses that write. */
+/* News of a kind held whole (store_doc_hold) is read again through the writer, in turn with
+ * the writes (here behind one waiting on a held row): meanwhile the copy answers as it was and
+ * the news is not counted; once the read is back, the copy holds the other writer's change and
+ * the news counts. A write of the kind queued here while it is read again has the kind read
+ * once more, so the copy never loses that write. */
 static void test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread(void **state)
 {
     (void)state;
@@ -2503,8 +2503,7 @@ static void test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread(
     struct store *st = open_ok(path), *other = open_ok(path);
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
     assert_int_equal(store_doc_put(st, "k", "held", "{}"), 0);
-    struct doc_ids ids = {""};
-    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0); /* held whole */
+    assert_int_equal(store_doc_hold(st, "k"), 0); /* read whole: held from now on */
     PGconn *hold = hold_row(path, "k", "held");
     struct done_log log = {0};
     assert_int_equal(
@@ -2536,7 +2535,7 @@ static void test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread(
     json = doc_body(st, "k", "a");
     assert_string_equal(json, "{\"v\":1}");
     free(json);
-    memset(&ids, 0, sizeof ids);
+    struct doc_ids ids = {""};
     assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
     assert_string_equal(ids.ids, "a,held,mine");
     raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
