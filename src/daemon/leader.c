@@ -462,6 +462,11 @@ bool leader_is_leading(const struct leader *l)
     return l && l->leading;
 }
 
+bool leader_is_holding(const struct leader *l)
+{
+    return l && !l->leading && l->holding;
+}
+
 void leader_close(struct leader *l, void (*done)(void *arg), void *arg)
 {
     l->closing = true;

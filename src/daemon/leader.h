@@ -59,6 +59,9 @@ struct leader_config {
 /* Starts trying for the lock at once (connecting in the background). */
 int leader_start(uv_loop_t *loop, const struct leader_config *cfg, struct leader **out);
 bool leader_is_leading(const struct leader *l);
+/* Leading was lost and no other session is known to hold the lock: the caller holds what it
+ * ran (see above). */
+bool leader_is_holding(const struct leader *l);
 /* Ends the session (the lock goes with it) without calling on_change; done (may be NULL)
  * once its handles are closed; then leader_free. */
 void leader_close(struct leader *l, void (*done)(void *arg), void *arg);

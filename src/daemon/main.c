@@ -875,8 +875,10 @@ static void daemon_on_catch_up(uv_timer_t *t)
 static bool daemon_cell_leads(void *ctx, const char *cell_id)
 {
     struct daemon *d = ctx;
+    /* its own word, not the store's (no read on the loop): while it holds what it ran after
+     * a loss (a silent server), the instances it shows are still the ones it runs */
     if (cell_id && !strcmp(cell_id, cells_id(d->cells)))
-        return daemon_leading(d); /* its own word, not the store's (no read on the loop) */
+        return daemon_leading(d) || leader_is_holding(d->leader);
     return cells_leads(d->cells, cell_id);
 }
 

@@ -485,6 +485,36 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
         assert "Sanitizer" not in out and "runtime error" not in out, out
 
 
+def test_a_leader_that_lost_its_lead_to_the_silent_server_shows_what_it_holds(pg_dir):
+    """A lone leader whose server stops answering stops leading after 3 s and holds what it
+    ran: GET /v1/apps/NAME of a running app and of a stopped one (which has no instance of
+    its own to show, and no instance record to read) are answered from memory meanwhile."""
+    with skiffd_on(pg_dir) as (p, url):
+        files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
+        deploy_bits(p, "held", files, {"instances": 1, "memory_mb": 32})
+        deploy_bits(p, "idle", files, {"instances": 1, "memory_mb": 32})
+        assert p.api("POST", "/v1/apps/idle/stop")[0] == 200
+        p.wait_for(lambda: app_field(p, "held", "running") == 1, timeout=60,
+                   what="the instance of held")
+        p.wait_for(lambda: app_field(p, "idle", "running") == 0, timeout=30,
+                   what="idle to stop")
+        pids = postgres_server_pids(pg_dir)
+        pause(pids)
+        try:
+            p.wait_for(lambda: "stopped leading" in p.output(), timeout=15,
+                       what="skiffd to stop leading")
+            for name, running in (("held", 1), ("idle", 0), ("held", 1), ("idle", 0)):
+                (status, app), took = timed(lambda: p.api("GET", f"/v1/apps/{name}"))
+                assert status == 200, app
+                assert took < 1.0, f"GET /v1/apps/{name} took {took:.2f} s"
+                assert app["running"] == running, app
+        finally:
+            resume(pids)
+        p.wait_for(lambda: "this skiffd leads" in p.output().split("stopped leading")[-1],
+                   timeout=30, what="skiffd to lead again")
+        assert app_field(p, "held", "running") == 1
+
+
 def test_env_autoscale_ssh_and_a_rollback_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
     """An environment set, an autoscaling policy set, ssh turned off and a rollback sent while
     the server is stopped: each request waits for its writes (the app's, and the rollback's
