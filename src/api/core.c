@@ -1612,6 +1612,16 @@ void api_core_record_instances(struct api_core *core, bool leading)
         r->core = core;
         snprintf(r->guid, sizeof r->guid, "%s", touched[i]);
         json_t *detail = api_core__instances_detail(core, r->guid);
+        /* an instance STARTING becomes RUNNING without an event when the last router takes
+         * its route (scheduler_route_release): written again at every tick until none is */
+        size_t k;
+        json_t *inst;
+        json_array_foreach(detail, k, inst)
+        {
+            const char *state = json_string_value(json_object_get(inst, "state"));
+            if (state && !strcmp(state, "STARTING"))
+                core__instances_touched(core, r->guid);
+        }
         int rc;
         if (json_array_size(detail) == 0) {
             rc = store_doc_delete_async(core->cfg.store, CORE_INSTANCES_KIND, r->guid,
@@ -2660,6 +2670,8 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     api_core__images_gc_init(core);
     api_core__blobs_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
+    if (core->cfg.cell_leads) /* read now, while the server answers (store_doc_hold) */
+        store_doc_hold(core->cfg.store, CORE_INSTANCES_KIND);
     *out = core;
     return 0;
 }

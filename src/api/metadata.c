@@ -330,4 +330,5 @@ void api_core__metadata_register(struct api_core *core)
                   API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, metadata__get, core);
     api_route_add(core->api, "PATCH", "/v1/apps/*/metadata",
                   API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, metadata__patch, core);
+    store_doc_hold(core->cfg.store, METADATA_KIND); /* read now, while the server answers */
 }

@@ -181,6 +181,7 @@ int cells_start(uv_loop_t *loop, const struct cells_config *cfg, struct cells **
     c->sched = cfg->sched;
     c->leading = cfg->leading;
     c->leading_ctx = cfg->leading_ctx;
+    store_doc_hold(c->store, CELLS_KIND); /* read now, while the server answers */
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     cells_beat(c);

@@ -57,6 +57,11 @@ int services_open(struct store *st, const char *home, struct services **out)
         free(s);
         return rc;
     }
+    if (st) { /* the kinds services_get reads by id, held whole from now on (store_doc_hold) */
+        store_doc_hold(st, SERVICES_KIND_BROKER);
+        store_doc_hold(st, SERVICES_KIND_INSTANCE);
+        store_doc_hold(st, SERVICES_KIND_BINDING);
+    }
     *out = s;
     return 0;
 }

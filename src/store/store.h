@@ -426,10 +426,12 @@ int store_doc_each(struct store *st, const char *kind,
 int store_doc_each_fresh(struct store *st, const char *kind,
                          int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
 /* Has the copy hold the documents of kind whole (PostgreSQL): read whole now when it does not
- * (once, and again only after the copy dropped them: a lost feed, a failed write), then kept
- * by the change feed and read again off the caller's thread on another writer's news, so
- * store_doc_get of that kind answers from memory. For small kinds read by id on the event
- * loop (a cell's heartbeat, an app's instance record). 0, or the read's error; 0 on SQLite. */
+ * (once, best at the start; again only after the copy dropped them: a lost feed), then kept
+ * by the change feed and read again off the caller's thread, the copy answering as it was
+ * meanwhile, on whatever would outdate it: another writer's news of the kind or of every
+ * kind, a fresh read that differs, a write of it that failed. So store_doc_get and
+ * store_doc_each of that kind answer from memory. For small kinds read on the event loop (a
+ * cell's heartbeat, an app's instance record). 0, or the read's error; 0 on SQLite. */
 int store_doc_hold(struct store *st, const char *kind);
 /* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
  * so that a record rewritten now and then is never brought back after its deletion. */

@@ -244,14 +244,34 @@ struct pg_doc {
 };
 
 /* A kind held whole that news named, read again through the writer, the copy answering as it
- * is meanwhile (pg__doc_refresh). written: this store queued a write of the kind since (the
- * read may lack it: read again rather than kept); again: more news came since; heard: news
- * to count (store_doc_news) once the kind is read, so that whoever reads on that news reads
- * what it announced. */
+ * is meanwhile (pg__doc_refresh). written: the ids of the kind this store queued writes of
+ * since (the read, made before them, lacks them: the copy's entries for them, made as they
+ * were queued, stay over it); again: more news came since (read once more); heard: news to
+ * count (store_doc_news) once the kind is read, so that whoever reads on that news reads what
+ * it announced. */
 struct pg_refresh {
     char *kind;
-    bool written, again, heard;
+    char **written;
+    size_t n_written;
+    bool again, heard;
 };
+
+static void pg__refresh_written(struct pg_refresh *r, const char *id)
+{
+    for (size_t i = 0; i < r->n_written; i++)
+        if (!strcmp(r->written[i], id))
+            return;
+    r->written = xrealloc(r->written, (r->n_written + 1) * sizeof *r->written);
+    r->written[r->n_written++] = xstrdup(id);
+}
+
+static void pg__refresh_free(struct pg_refresh *r)
+{
+    free(r->kind);
+    for (size_t i = 0; i < r->n_written; i++)
+        free(r->written[i]);
+    free(r->written);
+}
 
 struct store_backend {
     PGconn *conn;
@@ -317,6 +337,11 @@ struct store_backend {
     uint64_t docs_at;
     struct pg_refresh *refreshes; /* kinds held whole that news named, read again */
     size_t n_refreshes;
+    /* The kinds store_doc_hold was asked to hold: while the feed is on, what outdates the
+     * copy (news of every kind, a fresh read that differs, a write that failed) has them
+     * read again off the caller's thread rather than dropped (pg__doc_cache_outdate). */
+    char **holds;
+    size_t n_holds;
     /* Droplets read (never changed once written), kept while drops_gen stays at drops_at:
      * another writer's "droplets" notification, "all", a lost feed and this store's own
      * deletions move it. */
@@ -908,8 +933,9 @@ static void pg__close(struct store_backend *b)
     store_route_list_free(b->rview, b->n_rview);
     pg__doc_cache_clear(b);
     for (size_t i = 0; i < b->n_refreshes; i++)
-        free(b->refreshes[i].kind);
+        pg__refresh_free(&b->refreshes[i]);
     free(b->refreshes);
+    store_strv_free(b->holds);
     pg__drops_clear(b);
     pg__pkgs_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -3338,8 +3364,50 @@ static void pg__doc_cache_clear(struct store_backend *b)
     b->n_full_kinds = 0;
 }
 
+static bool pg__doc_kind_full(struct store_backend *b, const char *kind);
+static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool heard);
+
+static bool pg__doc_kind_holds(const struct store_backend *b, const char *kind)
+{
+    for (size_t i = 0; i < b->n_holds; i++)
+        if (!strcmp(b->holds[i], kind))
+            return true;
+    return false;
+}
+
+/* What the copy holds may be out of date (news of every kind, a fresh read that differs) or
+ * is too much (reread false: past PG_DOC_CACHE_MAX): it is dropped, but for the kinds
+ * store_doc_hold holds whole, which stay and (reread) are read again off the caller's thread
+ * (pg__doc_refresh), the copy answering as it is until they are back. */
+static void pg__doc_cache_outdate(struct store_backend *b, bool reread)
+{
+    bool *keep = xcalloc(b->n_full_kinds + 1, sizeof *keep); /* decided while all are listed */
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        keep[i] = pg__doc_kind_holds(b, b->full_kinds[i]) &&
+                  (!reread || pg__doc_refresh(b, b->full_kinds[i], false));
+    size_t kept = 0;
+    for (size_t i = 0; i < b->n_full_kinds; i++) {
+        if (keep[i])
+            b->full_kinds[kept++] = b->full_kinds[i];
+        else
+            free(b->full_kinds[i]);
+    }
+    b->n_full_kinds = kept;
+    free(keep);
+    for (size_t i = 0; i < b->n_docs;) {
+        if (pg__doc_kind_full(b, b->docs[i].kind)) {
+            i++;
+            continue;
+        }
+        free(b->docs[i].kind);
+        free(b->docs[i].id);
+        free(b->docs[i].json);
+        b->docs[i] = b->docs[--b->n_docs];
+    }
+}
+
 /* Whether the cache may answer: the feed is on and told of no other writer's document
- * since it was filled (else it is emptied, to be filled again). */
+ * since it was filled (else it is emptied, to be filled again; but pg__doc_cache_outdate). */
 static bool pg__doc_cache_on(struct store_backend *b)
 {
     pg__feed_read(b);
@@ -3348,10 +3416,10 @@ static bool pg__doc_cache_on(struct store_backend *b)
         return false;
     }
     /* news of one kind forgot that kind's documents as it came (pg__kind_news); news of any
-     * kind empties the whole copy */
+     * kind outdates the whole copy */
     if (b->docs_at != b->docs_gen) {
-        pg__doc_cache_clear(b);
         b->docs_at = b->docs_gen;
+        pg__doc_cache_outdate(b, true);
     }
     return true;
 }
@@ -3432,6 +3500,15 @@ static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
             b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
             break;
         }
+}
+
+/* A document whose state is not known here (a write of it failed, or a replace that was
+ * expected to be refused finished): forgotten, to be read from the server; in a kind held
+ * whole (store_doc_hold), kept as it is while the kind is read again (pg__doc_refresh). */
+static void pg__doc_cache_unknown(struct store_backend *b, const char *kind, const char *id)
+{
+    if (!pg__doc_kind_holds(b, kind) || !pg__doc_refresh(b, kind, false))
+        pg__doc_cache_forget(b, kind, id);
 }
 
 static bool pg__is_doc_write(const struct store_write *w)
@@ -3595,7 +3672,7 @@ static void pg__doc_fresh_seen(struct store_backend *b, const char *kind, const 
     const char *had = d ? d->json : NULL;
     bool same = rc == 0 ? had && !strcmp(had, json) : !had;
     if (!same && (rc == 0 || known))
-        pg__doc_cache_clear(b);
+        pg__doc_cache_outdate(b, true);
 }
 
 /* A write as it is queued: the cache holds what it will make (put, delete, a replace shown;
@@ -3605,8 +3682,9 @@ static void pg__cache_queued(struct store_backend *b, const struct store_write *
 {
     if (w->op == STORE_WRITE_DOC_PUT || (w->op == STORE_WRITE_DOC_REPLACE && w->shown))
         pg__doc_cache_set(b, w->kind, w->id, w->json);
-    else if (w->op == STORE_WRITE_DOC_REPLACE)
-        pg__doc_cache_forget(b, w->kind, w->id);
+    else if (w->op == STORE_WRITE_DOC_REPLACE &&
+             !(pg__doc_kind_holds(b, w->kind) && pg__doc_kind_full(b, w->kind)))
+        pg__doc_cache_forget(b, w->kind, w->id); /* held: as it is, till it finished */
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
     else if (pg__is_doc_write(w))
@@ -3783,7 +3861,7 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         return;
     if ((w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)) ||
         (w->op == STORE_WRITE_DOC_REPLACE && !w->shown))
-        pg__doc_cache_forget(b, w->kind, w->id);
+        pg__doc_cache_unknown(b, w->kind, w->id);
 }
 
 /* A read the queue answers without the server (a package queued; an app with a write queued,
@@ -3866,7 +3944,7 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         pg__cache_queued(b, w);
     for (size_t i = 0; pg__is_doc_write(w) && i < b->n_refreshes; i++)
         if (!strcmp(b->refreshes[i].kind, w->kind))
-            b->refreshes[i].written = true;
+            pg__refresh_written(&b->refreshes[i], w->id);
     if (pg__is_pending_write(w)) {
         b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
         b->pending[b->n_pending++] = w;
@@ -3917,7 +3995,7 @@ static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool hear
         return true;
     for (size_t i = 0; i < b->n_refreshes; i++)
         if (!strcmp(b->refreshes[i].kind, kind)) {
-            free(b->refreshes[i].kind);
+            pg__refresh_free(&b->refreshes[i]);
             b->refreshes[i] = b->refreshes[--b->n_refreshes];
             break;
         }
@@ -3925,9 +4003,10 @@ static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool hear
 }
 
 /* A kind read again (pg__doc_refresh): what was read replaces the copy's documents of it,
- * unless this store queued a write of it meanwhile or the copy no longer holds it whole; it
- * is read once more if either that write or more news came meanwhile. Once it is read (or
- * dropped, to be read from the server), the news it waited for is counted. */
+ * but for the documents this store queued writes of meanwhile (the copy's entries, made as
+ * they were queued, stay), unless the copy no longer holds it whole; it is read once more if
+ * more news came meanwhile. Once it is read (or dropped, to be read from the server), the
+ * news it waited for is counted. */
 static void pg__doc_refreshed(struct store_backend *b, const struct store_write *w)
 {
     bool on = w->rc == 0 && pg__doc_cache_on(b); /* news it brings marks this kind again */
@@ -3939,18 +4018,28 @@ static void pg__doc_refreshed(struct store_backend *b, const struct store_write 
     struct pg_refresh r = b->refreshes[i];
     b->refreshes[i] = b->refreshes[--b->n_refreshes];
     bool held = on && pg__doc_kind_full(b, w->kind);
-    if (held && !r.written) {
+    if (held) {
+        char **mine = xcalloc(r.n_written + 1, sizeof *mine); /* the copy's, NULL: absent */
+        for (size_t k = 0; k < r.n_written; k++) {
+            struct pg_doc *d = pg__doc_cached(b, w->kind, r.written[k]);
+            mine[k] = d && d->json ? xstrdup(d->json) : NULL;
+        }
         pg__doc_cache_forget_kind(b, w->kind);
         for (size_t k = 0; w->refs && w->refs[k]; k++)
             pg__doc_cache_set(b, w->kind, w->refs[k], w->chains[k]);
+        for (size_t k = 0; k < r.n_written; k++) {
+            pg__doc_cache_set(b, w->kind, r.written[k], mine[k]);
+            free(mine[k]);
+        }
+        free(mine);
         pg__doc_kind_held(b, w->kind);
     }
-    bool more = held && (r.written || r.again) && pg__doc_refresh(b, w->kind, r.heard);
-    if (!held || ((r.written || r.again) && !more))
+    bool more = held && r.again && pg__doc_refresh(b, w->kind, r.heard);
+    if (!held || (r.again && !more))
         pg__doc_cache_forget_kind(b, w->kind);
     if (r.heard && !more)
         pg__kind_counted(b, w->kind);
-    free(r.kind);
+    pg__refresh_free(&r);
 }
 
 /* A synchronous write: queued behind the others and awaited (w is taken). The write's rc,
@@ -4317,8 +4406,8 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
         if (np)
             rc = pg__pending_answer(p, rc, json);
         if (!d && (rc == 0 || rc == -ENOENT)) {
-            if (b->n_docs >= PG_DOC_CACHE_MAX)
-                pg__doc_cache_clear(b); /* many keys read once each: the copy starts again */
+            if (b->n_docs >= PG_DOC_CACHE_MAX) /* many keys read once each: starts again */
+                pg__doc_cache_outdate(b, false);
             pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
         }
     }
@@ -4437,6 +4526,11 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
 
 static int pg__doc_hold(struct store_backend *b, const char *kind)
 {
+    if (!pg__doc_kind_holds(b, kind)) {
+        b->holds = xrealloc(b->holds, (b->n_holds + 2) * sizeof *b->holds);
+        b->holds[b->n_holds++] = xstrdup(kind);
+        b->holds[b->n_holds] = NULL;
+    }
     if (!pg__doc_cache_on(b) || pg__doc_kind_full(b, kind))
         return 0;
     struct pg_pending *p = NULL;

@@ -488,7 +488,8 @@ def test_a_login_a_refresh_a_role_and_a_label_wait_for_the_silent_server_and_the
 def test_a_leader_that_lost_its_lead_to_the_silent_server_shows_what_it_holds(pg_dir):
     """A lone leader whose server stops answering stops leading after 3 s and holds what it
     ran: GET /v1/apps/NAME of a running app and of a stopped one (which has no instance of
-    its own to show, and no instance record to read) are answered from memory meanwhile."""
+    its own to show, and no instance record to read) and GET /v1/cells are answered from
+    memory meanwhile."""
     with skiffd_on(pg_dir) as (p, url):
         files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
         deploy_bits(p, "held", files, {"instances": 1, "memory_mb": 32})
@@ -508,6 +509,9 @@ def test_a_leader_that_lost_its_lead_to_the_silent_server_shows_what_it_holds(pg
                 assert status == 200, app
                 assert took < 1.0, f"GET /v1/apps/{name} took {took:.2f} s"
                 assert app["running"] == running, app
+            (status, listed), took = timed(lambda: p.api("GET", "/v1/cells"))
+            assert status == 200 and len(listed["cells"]) == 1, listed
+            assert took < 1.0, f"GET /v1/cells took {took:.2f} s"
         finally:
             resume(pids)
         p.wait_for(lambda: "this skiffd leads" in p.output().split("stopped leading")[-1],

@@ -3,7 +3,6 @@ a command run once from the app's droplet with the app's environment and service
 in the app's logs as [APP/TASK/NAME/0], its end recorded (SUCCEEDED, or FAILED with a reason);
 and what a hostile tenant would try: other spaces, auditors, odd input, a task that eats
 memory or forks without end, a task looking at the host, a skiffd killed under a task."""
-import json
 import os
 import re
 import signal
@@ -40,8 +39,11 @@ def ended(p, seq, app="shop"):
 
 
 def wait_ended(p, seq, app="shop", timeout=60):
-    return wait_for(lambda: ended(p, seq, app), timeout, f"task {seq} of {app} to end") and \
-        task(p, seq, app)
+    try:
+        wait_for(lambda: ended(p, seq, app), timeout, f"task {seq} of {app} to end")
+    except AssertionError as e:  # what the task and skiffd said, to tell why
+        raise AssertionError(f"{e}\ntask: {task(p, seq, app)}\n{p.output()}") from None
+    return task(p, seq, app)
 
 
 def run(p, command, app="shop", **fields):
@@ -95,7 +97,7 @@ def test_exit_status_env_and_logs(plat):
 
     def logged():
         logs = recent_logs(p)
-        return (f"[APP/TASK/three/0] OUT hello from the app" in logs
+        return ("[APP/TASK/three/0] OUT hello from the app" in logs
                 and "[APP/TASK/three/0] ERR to stderr" in logs
                 and f"[APP/TASK/{ok['name']}/0] OUT app shop services {{}}" in logs and logs)
     wait_for(logged, 30, "the tasks' lines in the app's logs")
