@@ -95,6 +95,7 @@ struct store_write {
      * bodies of the documents whose ids are in refs (n_pairs of each) */
     char **chains;
     size_t n_pairs;
+    uint64_t asked_at; /* STORE_READ_CERT_CHAINS (store_pg): its copy's generation when queued */
     store_pairs_fn *done_pairs;
     struct store_audit_query {
         char *space_guid, *org_guid, *target;

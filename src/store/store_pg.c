@@ -392,6 +392,12 @@ struct store_backend {
      * what they read until each is finished. */
     struct store_write **dom_pending;
     size_t n_dom_pending;
+    /* Every domain's certificate chain (GET /v1/domains), in name order: current while the
+     * feed is on and chains_at == certs_gen, which another writer's "domain_certs" news, "all",
+     * and this store's certificate writes made while it was not current (or refused) move */
+    char **chain_doms, **chain_pems;
+    size_t n_chains;
+    uint64_t certs_gen, chains_at;
     /* All tasks, read whole, kept while tasks_gen stays at tasks_at: another writer's "tasks"
      * notification, "all", a lost feed and a write of this store's the server refused move
      * it; this store's writes made change it in place. */
@@ -554,6 +560,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->drops_gen++;
     b->pkgs_gen++;
     b->doms_gen++;
+    b->certs_gen++;
     b->tasks_gen++;
 }
 
@@ -738,6 +745,8 @@ static void pg__feed_read(struct store_backend *b)
                 b->pkgs_gen++;
             } else if (!strcmp(n->extra, "domains")) {
                 b->doms_gen++;
+            } else if (!strcmp(n->extra, "domain_certs")) {
+                b->certs_gen++;
             } else if (!strcmp(n->extra, "tasks")) {
                 b->tasks_gen++;
             } else if (!strcmp(n->extra, "all")) {
@@ -925,6 +934,8 @@ static void pg__close(struct store_backend *b)
     free(b->queued_apps);
     free(b->pending);
     free(b->dom_pending);
+    store_strv_free(b->chain_doms);
+    store_strv_free(b->chain_pems);
     store_strv_free(b->doms);
     store_strv_free(b->dom_orgs);
     free(b->dom_shared);
@@ -2102,6 +2113,74 @@ static void pg__domains_apply(char ***v, bool **sh, char ***o, const struct stor
     }
 }
 
+static char **pg__strv_dup(char **v);
+
+/* The copy of the chains: whether it may answer (a certificate set or deleted by another
+ * writer is news first). */
+static bool pg__chains_current(struct store_backend *b)
+{
+    pg__feed_read(b);
+    return b->feed_state == PG_FEED_ON && b->chain_doms && b->chains_at == b->certs_gen;
+}
+
+/* One certificate write made over the copy, kept in name order (byte order, as COLLATE "C"). */
+static void pg__chains_apply(struct store_backend *b, const struct store_write *w)
+{
+    size_t at = 0;
+    while (at < b->n_chains && strcmp(b->chain_doms[at], w->id) < 0)
+        at++;
+    bool there = at < b->n_chains && !strcmp(b->chain_doms[at], w->id);
+    if (there && w->op == STORE_WRITE_CERT_SET) {
+        free(b->chain_pems[at]);
+        b->chain_pems[at] = xstrdup(w->cert_pem);
+    } else if (w->op == STORE_WRITE_CERT_SET) {
+        b->chain_doms = xrealloc(b->chain_doms, (b->n_chains + 2) * sizeof *b->chain_doms);
+        b->chain_pems = xrealloc(b->chain_pems, (b->n_chains + 2) * sizeof *b->chain_pems);
+        size_t tail = (b->n_chains + 1 - at) * sizeof *b->chain_doms; /* with the NULL */
+        memmove(&b->chain_doms[at + 1], &b->chain_doms[at], tail);
+        memmove(&b->chain_pems[at + 1], &b->chain_pems[at], tail);
+        b->chain_doms[at] = xstrdup(w->id);
+        b->chain_pems[at] = xstrdup(w->cert_pem);
+        b->n_chains++;
+    } else if (there) {
+        free(b->chain_doms[at]);
+        free(b->chain_pems[at]);
+        size_t tail = (b->n_chains - at) * sizeof *b->chain_doms;
+        memmove(&b->chain_doms[at], &b->chain_doms[at + 1], tail);
+        memmove(&b->chain_pems[at], &b->chain_pems[at + 1], tail);
+        b->n_chains--;
+    }
+}
+
+/* A certificate write as it is queued: made over a current copy at once (the copy then holds
+ * what the queue will make); reads queued before it are not kept (they lack it). */
+static void pg__chains_queued(struct store_backend *b, const struct store_write *w)
+{
+    bool current = pg__chains_current(b);
+    if (current)
+        pg__chains_apply(b, w);
+    b->certs_gen++;
+    if (current)
+        b->chains_at = b->certs_gen;
+}
+
+/* A read of the chains as it finished: kept as the copy when nothing moved it since it was
+ * queued (news, this store's certificate writes). */
+static void pg__chains_read(struct store_backend *b, const struct store_write *w)
+{
+    pg__feed_read(b);
+    if (w->rc != 0 || b->feed_state != PG_FEED_ON || w->asked_at != b->certs_gen)
+        return;
+    store_strv_free(b->chain_doms);
+    store_strv_free(b->chain_pems);
+    b->chain_doms = pg__strv_dup(w->refs);
+    b->chain_pems = pg__strv_dup(w->chains);
+    b->n_chains = 0;
+    while (b->chain_doms[b->n_chains])
+        b->n_chains++;
+    b->chains_at = b->certs_gen;
+}
+
 /* A domain or certificate write as it finished: reads no longer make it over what they read.
  * A domain write made changes the copy in place (no read from the server); one refused, or
  * made while the copy was not current, has the domains read again. */
@@ -2114,6 +2193,11 @@ static void pg__domain_finished(struct store_backend *b, struct store_write *w)
             b->n_dom_pending--;
             break;
         }
+    if (w->op == STORE_WRITE_CERT_SET || w->op == STORE_WRITE_CERT_DELETE) {
+        if (!w->finished || (w->rc < 0 && !(w->op == STORE_WRITE_CERT_DELETE && w->rc == -ENOENT)))
+            b->certs_gen++; /* refused: what the copy made of it is not there */
+        return;
+    }
     if (w->op != STORE_WRITE_DOMAIN_ADD && w->op != STORE_WRITE_DOMAIN_DELETE)
         return;
     if (w->finished && w->rc == 0 && b->doms && b->doms_at == b->doms_gen)
@@ -3347,6 +3431,15 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
 
 /* ---- the document cache -------------------------------------------------------------- */
 
+/* Takes the copy's document at i out (the last one takes its place). */
+static void pg__doc_drop_at(struct store_backend *b, size_t i)
+{
+    free(b->docs[i].kind);
+    free(b->docs[i].id);
+    free(b->docs[i].json);
+    b->docs[i] = b->docs[--b->n_docs];
+}
+
 static void pg__doc_cache_clear(struct store_backend *b)
 {
     for (size_t i = 0; i < b->n_docs; i++) {
@@ -3395,14 +3488,10 @@ static void pg__doc_cache_outdate(struct store_backend *b, bool reread)
     b->n_full_kinds = kept;
     free(keep);
     for (size_t i = 0; i < b->n_docs;) {
-        if (pg__doc_kind_full(b, b->docs[i].kind)) {
+        if (pg__doc_kind_full(b, b->docs[i].kind))
             i++;
-            continue;
-        }
-        free(b->docs[i].kind);
-        free(b->docs[i].id);
-        free(b->docs[i].json);
-        b->docs[i] = b->docs[--b->n_docs];
+        else
+            pg__doc_drop_at(b, i);
     }
 }
 
@@ -3447,6 +3536,17 @@ static void pg__doc_kind_held(struct store_backend *b, const char *kind)
     b->full_kinds[b->n_full_kinds++] = xstrdup(kind);
 }
 
+/* The copy no longer holds every document of kind. */
+static void pg__doc_kind_not_full(struct store_backend *b, const char *kind)
+{
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind)) {
+            free(b->full_kinds[i]);
+            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
+            break;
+        }
+}
+
 /* json NULL: known absent */
 static void pg__doc_cache_set(struct store_backend *b, const char *kind, const char *id,
                               const char *json)
@@ -3467,39 +3567,21 @@ static void pg__doc_cache_set(struct store_backend *b, const char *kind, const c
 static void pg__doc_cache_forget(struct store_backend *b, const char *kind, const char *id)
 {
     struct pg_doc *d = pg__doc_cached(b, kind, id);
-    if (d) {
-        free(d->kind);
-        free(d->id);
-        free(d->json);
-        *d = b->docs[--b->n_docs];
-    }
-    for (size_t i = 0; i < b->n_full_kinds; i++)
-        if (!strcmp(b->full_kinds[i], kind)) {
-            free(b->full_kinds[i]);
-            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
-            break;
-        }
+    if (d)
+        pg__doc_drop_at(b, (size_t)(d - b->docs));
+    pg__doc_kind_not_full(b, kind);
 }
 
 /* Another writer wrote documents of kind: none of that kind is known any more. */
 static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
 {
     for (size_t i = 0; i < b->n_docs;) {
-        if (strcmp(b->docs[i].kind, kind)) {
+        if (strcmp(b->docs[i].kind, kind))
             i++;
-            continue;
-        }
-        free(b->docs[i].kind);
-        free(b->docs[i].id);
-        free(b->docs[i].json);
-        b->docs[i] = b->docs[--b->n_docs];
+        else
+            pg__doc_drop_at(b, i);
     }
-    for (size_t i = 0; i < b->n_full_kinds; i++)
-        if (!strcmp(b->full_kinds[i], kind)) {
-            free(b->full_kinds[i]);
-            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
-            break;
-        }
+    pg__doc_kind_not_full(b, kind);
 }
 
 /* A document whose state is not known here (a write of it failed, or a replace that was
@@ -3828,6 +3910,10 @@ static void pg__doc_refreshed(struct store_backend *b, const struct store_write 
 
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_CERT_CHAINS) {
+        pg__chains_read(b, w);
+        return;
+    }
     if (w->op == STORE_READ_DOC_EACH) {
         if (w->refresh)
             pg__doc_refreshed(b, w);
@@ -3868,6 +3954,15 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
  * or queued for deletion): made now, true. Else false, and the server is asked. */
 static bool pg__answered_now(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_CERT_CHAINS) {
+        w->asked_at = b->certs_gen;
+        if (!pg__chains_current(b))
+            return false;
+        w->refs = pg__strv_dup(b->chain_doms);
+        w->chains = pg__strv_dup(b->chain_pems);
+        w->rc = 0;
+        return true;
+    }
     if (w->op == STORE_READ_PACKAGE) {
         struct store_package *p = NULL;
         int known = pg__package_known(b, w->id, &p);
@@ -3968,6 +4063,8 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     if (pg__is_domain_write(w)) {
         b->dom_pending = xrealloc(b->dom_pending, (b->n_dom_pending + 1) * sizeof *b->dom_pending);
         b->dom_pending[b->n_dom_pending++] = w;
+        if (w->op == STORE_WRITE_CERT_SET || w->op == STORE_WRITE_CERT_DELETE)
+            pg__chains_queued(b, w);
     }
     return 0;
 }
@@ -4524,6 +4621,11 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
     return rc;
 }
 
+static int pg__doc_ignored(void *ctx, const char *id, const char *json)
+{
+    return 0;
+}
+
 static int pg__doc_hold(struct store_backend *b, const char *kind)
 {
     if (!pg__doc_kind_holds(b, kind)) {
@@ -4533,13 +4635,7 @@ static int pg__doc_hold(struct store_backend *b, const char *kind)
     }
     if (!pg__doc_cache_on(b) || pg__doc_kind_full(b, kind))
         return 0;
-    struct pg_pending *p = NULL;
-    size_t np = pg__pending(b, kind, NULL, &p);
-    struct pg_doc_rows r = {0};
-    int rc = pg__doc_rows(b, kind, &r, p, np);
-    pg__pending_free(r.v, r.n);
-    pg__pending_free(p, np);
-    return rc;
+    return pg__doc_each(b, kind, pg__doc_ignored, NULL); /* reads it whole, and keeps it */
 }
 
 static int pg__doc_each_fresh(struct store_backend *b, const char *kind,

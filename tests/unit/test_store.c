@@ -3398,6 +3398,61 @@ static void note_audit(void *ctx, int rc, struct store_audit_event *list, size_t
     r->n_events = n;
 }
 
+/* The certificates' chains (GET /v1/domains) are read through the writer once, then answered
+ * from a copy at once (here with the table away): this store's own certificate writes change
+ * the copy as they are queued, another writer's are news that has the chains read again. */
+static void test_the_certificates_chains_are_answered_from_a_copy_once_read(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *st = open_ok(path), *other = open_ok(path);
+    assert_int_equal(store_domain_add(st, "a.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "b.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "c.test", NULL), 0);
+    assert_int_equal(store_domain_cert_set(st, "a.test", "CHAIN-A", "KEY-A"), 0);
+    struct done_log log = {0};
+    struct read_log chains = {.log = &log, .tag = 0};
+    assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
+    reap_until(st, &log, 1); /* queued: the first read */
+    assert_true(strv_has(chains.domains, "a.test"));
+    store_strv_free(chains.domains);
+    store_strv_free(chains.chains);
+    /* this store's own writes: in the copy as queued */
+    assert_int_equal(store_domain_cert_set(st, "b.test", "CHAIN-B", "KEY-B"), 0);
+    assert_int_equal(store_domain_cert_delete(st, "a.test"), 0);
+    raw_sql(path, "ALTER TABLE domain_certs RENAME TO domain_certs_away");
+    chains = (struct read_log){.log = &log, .tag = 1};
+    assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
+    assert_int_equal(log.n, 2); /* answered at once, from the copy */
+    assert_int_equal(log.rc[1], 0);
+    assert_non_null(chains.domains);
+    assert_string_equal(chains.domains[0], "b.test");
+    assert_string_equal(chains.chains[0], "CHAIN-B");
+    assert_null(chains.domains[1]);
+    assert_false(strv_has(chains.chains, "KEY-B"));
+    store_strv_free(chains.domains);
+    store_strv_free(chains.chains);
+    raw_sql(path, "ALTER TABLE domain_certs_away RENAME TO domain_certs");
+    /* another writer's: news, and the chains read again through the writer */
+    uint64_t seen = store_change_count(st);
+    assert_int_equal(store_domain_cert_set(other, "c.test", "CHAIN-C", "KEY-C"), 0);
+    for (int i = 0; i < 1000 && store_change_count(st) == seen; i++)
+        usleep(10 * 1000);
+    chains = (struct read_log){.log = &log, .tag = 2};
+    assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
+    reap_until(st, &log, 3);
+    assert_true(strv_has(chains.domains, "b.test"));
+    assert_true(strv_has(chains.domains, "c.test"));
+    assert_true(strv_has(chains.chains, "CHAIN-C"));
+    store_strv_free(chains.domains);
+    store_strv_free(chains.chains);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 /* Domain and certificate writes, a document's create and update and the two queued reads
  * (the certificates' chains, the audit list) are made in the order asked for, in turn with the
  * document writes; until they are made (a row held on PostgreSQL), store_domain_list shows the
@@ -3834,6 +3889,7 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one),     \
         cmocka_unit_test(test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread),     \
         cmocka_unit_test(test_a_held_kind_is_read_again_not_dropped_on_news_of_every_kind),        \
+        cmocka_unit_test(test_the_certificates_chains_are_answered_from_a_copy_once_read),         \
         cmocka_unit_test(test_fresh_reads_see_a_write_the_feed_has_not_told_of),                   \
         cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted),                  \
         cmocka_unit_test(                                                                          \
