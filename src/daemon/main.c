@@ -1581,6 +1581,11 @@ int main(int argc, char **argv)
         log_error("cannot open the services' records: %s", skiff_strerror(rc));
         goto fail;
     }
+    if (store_location_is_postgres(db) && (rc = services_key_check(d.services, d.home)) < 0) {
+        if (rc != -EKEYREJECTED) /* that one says what to do */
+            log_error("cannot check the services' key against the store: %s", skiff_strerror(rc));
+        goto fail;
+    }
     d.logs = logs_new(1000);
     d.hub = hub_new();
     api_url = xasprintf("http://%s", d.api_addr);

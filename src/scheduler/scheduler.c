@@ -154,11 +154,9 @@ struct scheduler {
     struct sched_write *writes; /* its app writes in the store's queue */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
-    uint64_t restarts_news;  /* store_doc_news_kind of SCHED_RESTART_KIND when last read */
-    uint64_t restarts_asked; /* ... when the read under way was asked */
-    bool restarts_read;      /* ... since leading began */
-    bool restarts_reading;   /* a read is under way (off the loop) */
-    bool restarts_missed;    /* news came meanwhile: read again once it is back */
+    uint64_t restarts_seen; /* store_doc_news_kind of SCHED_RESTART_KIND at the last read */
+    bool restarts_stale;    /* leading began: read whatever the news says */
+    bool restarts_reading;  /* a read is under way (off the loop) */
     void (*shutdown_done)(void *);
     void *shutdown_arg;
 };
@@ -1531,6 +1529,7 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
     s->store = store;
     s->logs = logs;
     s->leading = true;
+    s->restarts_stale = true; /* read once leading, as when leading begins */
     s->drain_timeout_ms =
         cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
@@ -1723,7 +1722,7 @@ void scheduler_set_leading(struct scheduler *s, bool leading)
     if (s->leading == leading)
         return;
     s->leading = leading;
-    s->restarts_read = false;
+    s->restarts_stale = true;
     cellc_set_leading(s->cells, leading); /* before anything stops: the cells keep theirs */
     if (leading) {
         scheduler_reconcile_all(s);
@@ -1819,7 +1818,7 @@ int scheduler_resync(struct scheduler *s)
 {
     if (!s->leading || s->shutting_down)
         return 0;
-    if (!s->restarts_read)
+    if (s->restarts_stale)
         sched__take_restarts(s);
     struct store_app **apps = NULL;
     size_t n = 0;
@@ -2060,8 +2059,6 @@ static void sched__restarts_read(void *ctx, int rc, char **ids, char **bodies)
     store_strv_free(ids);
     store_strv_free(bodies);
     bool on = s->leading && !s->shutting_down;
-    if (rc == 0 && on)
-        s->restarts_news = s->restarts_asked;
     for (size_t i = 0; on && i < l.n; i++) {
         store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);
         bool again = false; /* asked more than once since the last read: restarted once */
@@ -2075,7 +2072,7 @@ static void sched__restarts_read(void *ctx, int rc, char **ids, char **bodies)
                          "Restarted by the skiffd that leads, as another skiffd was asked");
     }
     free(l.v);
-    if (on && (s->restarts_missed || !s->restarts_read)) /* news, or leading anew, meanwhile */
+    if (on) /* news, or leading anew, meanwhile: read again */
         sched__take_restarts(s);
 }
 
@@ -2088,15 +2085,10 @@ static void sched__restarts_read(void *ctx, int rc, char **ids, char **bodies)
 static void sched__take_restarts(struct scheduler *s)
 {
     uint64_t news = store_doc_news_kind(s->store, SCHED_RESTART_KIND);
-    if (s->restarts_read && news == s->restarts_news)
-        return;
-    if (s->restarts_reading) {
-        s->restarts_missed = true;
-        return;
-    }
-    s->restarts_read = true; /* a failed read is made again on the next news */
-    s->restarts_missed = false;
-    s->restarts_asked = news;
+    if ((!s->restarts_stale && news == s->restarts_seen) || s->restarts_reading)
+        return;                /* one under way looks again when it is back */
+    s->restarts_stale = false; /* a failed read is made again on the next news */
+    s->restarts_seen = news;
     s->restarts_reading = true;
     if (store_doc_each_fresh_async(s->store, SCHED_RESTART_KIND, sched__restarts_read, s) < 0)
         s->restarts_reading = false;

@@ -290,6 +290,46 @@ json_t *services_unseal(struct services *s, const char *text)
     return value;
 }
 
+#define SERVICES_KEY_CHECK_ID "key"
+#define SERVICES_KEY_CHECK_TEXT "the key of this platform's services"
+
+int services_key_check(struct services *s, const char *home)
+{
+    char *text = NULL;
+    int rc = store_doc_get_fresh(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, &text);
+    if (rc == -ENOENT) { /* the first: its key is the platform's */
+        json_t *plain = json_string(SERVICES_KEY_CHECK_TEXT);
+        char *sealed = services_seal(s, plain);
+        json_decref(plain);
+        json_t *doc = json_pack("{s:s}", "sealed", sealed);
+        char *body = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+        free(sealed);
+        rc = store_doc_create(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, body);
+        free(body);
+        if (rc != -EEXIST)
+            return rc;
+        rc = store_doc_get_fresh(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, &text);
+    }
+    if (rc < 0)
+        return rc;
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    json_t *opened = services_unseal(s, json_string_value(json_object_get(doc, "sealed")));
+    json_decref(doc);
+    bool same =
+        json_is_string(opened) && !strcmp(json_string_value(opened), SERVICES_KEY_CHECK_TEXT);
+    json_decref(opened);
+    if (same)
+        return 0;
+    log_error("%s/services.key is not the key the other skiffds on this store seal service "
+              "credentials with: what they sealed could not be read here, nor what this one "
+              "seals there. Copy services.key from the home of a skiffd that uses this store "
+              "(mode 0600) to %s and start again",
+              home, home);
+    return -EKEYREJECTED;
+}
+
 /* ---- VCAP_SERVICES ------------------------------------------------------------------------ */
 
 static json_t *services__str_or_null(const json_t *rec, const char *key)

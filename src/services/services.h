@@ -42,6 +42,7 @@ struct services;
 #define SERVICES_KIND_INSTANCE "service.instance"
 #define SERVICES_KIND_BINDING "service.binding"
 #define SERVICES_KIND_BROKER "service.broker"
+#define SERVICES_KIND_KEY_CHECK "service.key_check"
 
 /* The label of user-provided instances in VCAP_SERVICES. */
 #define SERVICES_USER_PROVIDED "user-provided"
@@ -93,6 +94,13 @@ json_t *services_find(struct services *s, const char *kind, const char *space_gu
 char *services_seal(struct services *s, const json_t *value);
 /* The value sealed in text, or NULL when it does not open. */
 json_t *services_unseal(struct services *s, const char *text);
+
+/* On a store several skiffds share (PostgreSQL), every one must seal with the same key
+ * ($SKIFF_HOME/services.key): the first to start leaves a value sealed with its key in the
+ * store (document SERVICES_KIND_KEY_CHECK), and the key of every later start must open it.
+ * 0, or -EKEYREJECTED (logged, with what to do) for a key that does not: credentials the others
+ * sealed could not be read here, nor those sealed here there. The store's error otherwise. */
+int services_key_check(struct services *s, const char *home);
 
 /* ---- VCAP_SERVICES ------------------------------------------------------------------------ */
 

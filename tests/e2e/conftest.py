@@ -166,9 +166,26 @@ def kill_all(proc, home):
                     pass
 
 
+# Every skiffd on one PostgreSQL store must seal service credentials with the same key
+# (services_key_check refuses to start another): the tests' skiffds on PostgreSQL all get this
+# one, as an operator copies services.key to every controller.
+SHARED_SERVICES_KEY = bytes(range(32))
+
+
+def share_services_key(home, args):
+    """Puts SHARED_SERVICES_KEY in home when args name a PostgreSQL store and home has no key."""
+    store = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--store"), "")
+    path = os.path.join(home, "services.key")
+    if store.startswith(("postgres://", "postgresql://")) and not os.path.exists(path):
+        os.makedirs(home, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(SHARED_SERVICES_KEY)
+
+
 class Platform:
     def __init__(self, home=None, extra_env=None, extra_args=()):
         self.home = home or tempfile.mkdtemp(prefix="skiff-e2e-")
+        share_services_key(self.home, list(extra_args))
         self.api_port = free_port()
         self.router_port = free_port()
         self.router_admin_port = free_port()

@@ -3,6 +3,7 @@ routes made through the API, skiffd restarted, and everything found again."""
 import json
 import os
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -119,6 +120,48 @@ def test_a_second_skiffd_sees_what_the_first_writes(pg_dir):
             assert p.proc.returncode == 0, p.output()
             assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
     finally:
+        b.close()
+        a.close()
+
+
+def test_service_credentials_sealed_through_one_skiffd_are_read_through_another(pg_dir):
+    """Every skiffd on one store seals service credentials with the same key (each home's
+    services.key, copied): a user-provided instance made through b and bound through a has
+    its credentials in the app's VCAP_SERVICES through both. A skiffd whose services.key is
+    another refuses to start and says which file to copy: it could read none of them, and
+    the others none of what it sealed."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    a = Platform(extra_args=["--store", url]).start()
+    b = Platform(extra_args=["--store", url]).start()
+    other = tempfile.mkdtemp(prefix="skiff-e2e-")
+    with open(os.open(os.path.join(other, "services.key"), os.O_WRONLY | os.O_CREAT, 0o600),
+              "wb") as f:
+        f.write(os.urandom(32))
+    c = Platform(home=other, extra_args=["--store", url])
+    try:
+        status, body = a.api("POST", "/v1/apps", {"name": "sealed-app"})
+        assert status == 201, body
+        creds = {"uri": "postgres://u:sealed-pw@db.example/shop"}
+        status, body = b.api("POST", "/v1/service_instances",
+                             {"name": "sealed-db", "user_provided": True, "credentials": creds})
+        assert status == 201, body
+        wait_for("a to bind the instance b made", lambda: a.api(
+            "POST", "/v1/apps/sealed-app/service_bindings",
+            {"service_instance": "sealed-db"})[0] == 201)
+
+        def shown(p):
+            status, env = p.api("GET", "/v1/apps/sealed-app/env")
+            ups = env.get("system", {}).get("VCAP_SERVICES", {}).get("user-provided", [])
+            return status == 200 and [u["credentials"] for u in ups] == [creds]
+        for p in (a, b):
+            wait_for("the credentials in VCAP_SERVICES", lambda: shown(p))
+        with pytest.raises(AssertionError, match="exited at start"):
+            c.start()
+        assert "services.key is not the key the other skiffds on this store" in c.output()
+        assert f"to {other} and start again" in c.output(), c.output()
+        assert "sealed-pw" not in c.output() + a.output() + b.output()
+    finally:
+        c.close()
         b.close()
         a.close()
 
