@@ -15,21 +15,16 @@ Run it with two builds (SKIFF_BIN_DIR) to compare."""
 import collections
 import os
 import re
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "e2e"))
 from conftest import WEB_APP, Platform, deploy_bits, throwaway_postgres  # noqa: E402
-from controllers import leader_and_follower  # noqa: E402
+from controllers import leader_and_follower, psql  # noqa: E402
 
 SECONDS = float(os.environ.get("SECONDS", "10"))
 PACE_MS = float(os.environ.get("PACE_MS", "5"))
 HEARTBEAT_MS = os.environ.get("HEARTBEAT_MS", "300")
-
-
-def psql(url, sql):
-    subprocess.run(["psql", "-Atq", url, "-c", sql], check=True, capture_output=True)
 
 
 def running(p):
@@ -58,10 +53,9 @@ def measure(calls):
 
 def main():
     with throwaway_postgres() as d:
-        url = f"postgresql:///postgres?host={d}&user=postgres"
-        psql(url, "ALTER SYSTEM SET log_statement = 'all'")
-        psql(url, "ALTER SYSTEM SET log_line_prefix = '%a '")
-        psql(url, "SELECT pg_reload_conf()")
+        psql(d, "ALTER SYSTEM SET log_statement = 'all'")
+        psql(d, "ALTER SYSTEM SET log_line_prefix = '%a '")
+        psql(d, "SELECT pg_reload_conf()")
 
         def named(zone):
             store = f"postgresql://postgres@/postgres?host={d}&application_name=skiffd-{zone}"
