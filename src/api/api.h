@@ -364,11 +364,12 @@ void api_svc_stop(struct api_svc *a);
 void api_svc_app_deleted(void *ctx, const char *app_guid);
 /* Registers the platform broker named name at url (or brings its URL, credentials and
  * catalog up to date) through the same catalog fetch as `create-service-broker`; a new one
- * has its plans opened to every org. cb runs once with whether it worked and, if not, why. */
+ * has its plans opened to every org; owner (the registering skiffd's id) is kept with it.
+ * cb runs once with whether it worked and, if not, why. */
 typedef void (*api_svc_registered_fn)(void *arg, bool ok, const char *msg);
 void api_svc_builtin_broker(struct api_svc *a, const char *name, const char *url,
-                            const char *username, const char *password, api_svc_registered_fn cb,
-                            void *arg);
+                            const char *username, const char *password, const char *owner,
+                            api_svc_registered_fn cb, void *arg);
 
 /* The event log the events API serves, for delivery (src/invoker) to run on. Delivery must
  * stop before api_events_stop. */

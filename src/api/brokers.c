@@ -630,8 +630,8 @@ static void svc__catalog_fetch(struct api_svc *a, struct api_request *req, json_
 }
 
 void api_svc_builtin_broker(struct api_svc *a, const char *name, const char *url,
-                            const char *username, const char *password, api_svc_registered_fn cb,
-                            void *arg)
+                            const char *username, const char *password, const char *owner,
+                            api_svc_registered_fn cb, void *arg)
 {
     json_t *b = services_find(a->records, SERVICES_KIND_BROKER, NULL, name);
     bool replace = b != NULL;
@@ -642,6 +642,7 @@ void api_svc_builtin_broker(struct api_svc *a, const char *name, const char *url
     }
     json_object_set_new(b, "url", json_string(url));
     json_object_set_new(b, "username", json_string(username));
+    json_object_set_new(b, "builtin_owner", json_string(owner));
     json_t *pw = json_string(password);
     json_object_set_new(b, "password", svc__json_string_own(services_seal(a->records, pw)));
     json_decref(pw);

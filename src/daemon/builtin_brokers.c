@@ -30,7 +30,7 @@
 
 struct builtin_brokers {
     uv_loop_t *loop;
-    char *binary, *config_path, *url, *username, *password;
+    char *binary, *config_path, *url, *username, *password, *owner;
     struct api_svc *svc;
     struct services *records;
     unsigned char events_key[32];
@@ -93,6 +93,40 @@ static int bb__port(json_t *cfg, const char *key, const char *service_host)
     return (int)p;
 }
 
+/* The events offering's key into bb: the home's, or on a shared store the one the store keeps
+ * (services_shared_key), which skiff-brokers then reads from the home too. */
+static int bb__events_key(struct builtin_brokers *bb, const struct builtin_brokers_config *cfg)
+{
+    char *dir = xasprintf("%s/brokers", cfg->home);
+    int rc = mkdir_p(dir, 0711);
+    free(dir);
+    char *path = xasprintf("%s/brokers/events.key", cfg->home);
+    if (rc == 0)
+        rc = cfg->shared
+                 ? services_shared_key(cfg->records, SERVICES_KIND_EVENTS_KEY, path, bb->events_key)
+                 : services_binding_key(path, bb->events_key);
+    if (rc < 0)
+        log_error("cannot read the events offering's key %s: %s", path, skiff_strerror(rc));
+    free(path);
+    return rc;
+}
+
+/* On a shared store, the skiffd whose built-in brokers are registered there when it is
+ * another ("ID at URL"), else NULL. */
+static char *bb__other_owner(const struct builtin_brokers_config *cfg)
+{
+    if (!cfg->shared || !cfg->records)
+        return NULL;
+    json_t *b = services_find(cfg->records, SERVICES_KIND_BROKER, NULL, BB_NAME);
+    const char *owner = json_string_value(json_object_get(b, "builtin_owner"));
+    char *other =
+        owner && strcmp(owner, cfg->owner)
+            ? xasprintf("%s at %s", owner, json_string_value(json_object_get(b, "url")) ?: "?")
+            : NULL;
+    json_decref(b);
+    return other;
+}
+
 /* Reads (or makes) the config file, brought up to date with this start's addresses. */
 static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_config *cfg)
 {
@@ -108,7 +142,7 @@ static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_c
         json_decref(c);
         c = json_object();
     }
-    int port = bb__port(c, "broker_port", "127.0.0.1");
+    int port = bb__port(c, "broker_port", cfg->listen_host);
     bb->ports[0] = bb__port(c, "postgres_port", cfg->service_host);
     bb->ports[1] = bb__port(c, "redis_port", cfg->service_host);
     if (!port || !bb->ports[0] || !bb->ports[1]) {
@@ -126,7 +160,7 @@ static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_c
         json_object_set_new(c, "password", json_string(pw));
         sodium_memzero(pw, sizeof pw);
     }
-    char *listen = xasprintf("127.0.0.1:%d", port);
+    char *listen = xasprintf("%s:%d", cfg->listen_host, port);
     char *hosts = strcmp(cfg->service_host, "127.0.0.1")
                       ? xasprintf("127.0.0.1,%s", cfg->service_host)
                       : xstrdup("127.0.0.1");
@@ -138,8 +172,8 @@ static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_c
         json_object_set_new(c, "events_url", json_string(cfg->events_url));
         char *key = xasprintf("%s/brokers/events.key", cfg->home);
         json_object_set_new(c, "events_key", json_string(key));
-        rc = services_binding_key(key, bb->events_key);
         free(key);
+        rc = bb__events_key(bb, cfg);
         if (rc < 0) {
             json_decref(c);
             free(listen);
@@ -231,8 +265,8 @@ static void bb__registered(void *arg, bool ok, const char *msg)
 
 static void bb__register(struct builtin_brokers *bb)
 {
-    api_svc_builtin_broker(bb->svc, BB_NAME, bb->url, bb->username, bb->password, bb__registered,
-                           bb);
+    api_svc_builtin_broker(bb->svc, BB_NAME, bb->url, bb->username, bb->password, bb->owner,
+                           bb__registered, bb);
 }
 
 /* The api's binding check: a token the events backend made, whose binding skiffd still
@@ -259,6 +293,14 @@ static bool bb__binding_check(void *ctx, const char *token, char topic[64], char
     return ok;
 }
 
+/* The timer of restarts and registration (closed with the loop's handles). */
+static void bb__timer_init(struct builtin_brokers *bb)
+{
+    uv_timer_init(bb->loop, &bb->timer);
+    uv_unref((uv_handle_t *)&bb->timer);
+    bb->timer.data = bb;
+}
+
 struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
                                               const struct builtin_brokers_config *cfg)
 {
@@ -273,6 +315,18 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     bb->records = cfg->records;
     bb->binary = xstrdup(cfg->binary);
     bb->config_path = xasprintf("%s/brokers/config.json", cfg->home);
+    bb->owner = xstrdup(cfg->owner);
+    char *other = bb__other_owner(cfg);
+    if (other) { /* one skiffd's brokers serve a store: they keep their stores' data */
+        log_info("the built-in service brokers of skiffd %s serve this store: this skiffd's "
+                 "stay off, and it takes their events tokens",
+                 other);
+        free(other);
+        bb__timer_init(bb);
+        if (cfg->events_url && cfg->api && bb__events_key(bb, cfg) == 0)
+            api_set_binding_check(cfg->api, bb__binding_check, bb);
+        return bb;
+    }
     int rc = bb__config(bb, cfg);
     if (rc < 0) {
         log_error("cannot write %s: %s (no built-in service brokers)", bb->config_path,
@@ -292,9 +346,7 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     }
     if (cfg->events_url && cfg->api && cfg->records)
         api_set_binding_check(cfg->api, bb__binding_check, bb);
-    uv_timer_init(loop, &bb->timer);
-    uv_unref((uv_handle_t *)&bb->timer);
-    bb->timer.data = bb;
+    bb__timer_init(bb);
     bb__spawn(bb);
     return bb;
 }
@@ -321,6 +373,7 @@ void builtin_brokers_free(struct builtin_brokers *bb, bool stop)
             net_firewall_forget_publish(bb->pool, bb->ports[i]);
     sodium_memzero(bb->events_key, sizeof bb->events_key);
     free(bb->binary);
+    free(bb->owner);
     free(bb->config_path);
     free(bb->url);
     free(bb->username);

@@ -8,9 +8,14 @@
  * loopback and on the address instances reach the host on (the pool's publish address),
  * whose ports the firewall opens to containers. The `events` offering's binding tokens are
  * signed with $SKIFF_HOME/brokers/events.key, and skiffd accepts one while the binding it
- * names is in its records (api_set_binding_check). The program is restarted when it exits,
- * and stops with skiffd; when skiffd goes without stopping the platform (killed, SIGUSR2),
- * the program exits and the stores keep serving for the next start. */
+ * names is in its records (api_set_binding_check).
+ *
+ * On a store other skiffds share, the first skiffd's brokers serve them all (registered with
+ * its id as their owner, and reached at listen_host): a later skiffd that finds another's
+ * registered starts none of its own, since the stores keep their data on one host, and takes
+ * the events key the store keeps (services_shared_key) to check the tokens they make. The program
+ * is restarted when it exits, and stops with skiffd; when skiffd goes without stopping the platform
+ * (killed, SIGUSR2), the program exits and the stores keep serving for the next start. */
 #ifndef SKIFF_BUILTIN_BROKERS_H
 #define SKIFF_BUILTIN_BROKERS_H
 
@@ -32,6 +37,9 @@ struct builtin_brokers_config {
     struct api *api;             /* checks the events offering's binding tokens */
     struct services *records;    /* ... against the bindings there */
     const char *events_url;      /* where instances publish ("http://IP:PORT") */
+    const char *owner;           /* this skiffd's id in the store (its cell's) */
+    const char *listen_host;     /* the OSB listener's address (the controllers reach) */
+    bool shared;                 /* the store is other skiffds' too (PostgreSQL) */
 };
 
 /* NULL (after saying why) when it cannot start. */

@@ -1852,15 +1852,18 @@ int main(int argc, char **argv)
     router_proc_start(d.loop, &rcfg, &d.router);
     if (builtin_brokers)
         brokers = builtin_brokers_start(
-            d.loop,
-            &(struct builtin_brokers_config){.binary = brokers_bin,
-                                             .home = d.home,
-                                             .service_host = contained ? publish_host : "127.0.0.1",
-                                             .pool = contained ? &pool : NULL,
-                                             .svc = d.svc,
-                                             .api = d.api,
-                                             .records = d.services,
-                                             .events_url = events_url ? events_url : api_url});
+            d.loop, &(struct builtin_brokers_config){
+                        .binary = brokers_bin,
+                        .home = d.home,
+                        .service_host = contained ? publish_host : "127.0.0.1",
+                        .pool = contained ? &pool : NULL,
+                        .svc = d.svc,
+                        .api = d.api,
+                        .records = d.services,
+                        .events_url = events_url ? events_url : api_url,
+                        .owner = cells_id(d.cells),
+                        .listen_host = shared_store && *host_addr ? host_addr : "127.0.0.1",
+                        .shared = shared_store});
     if (!shared_store) {
         scheduler_reconcile_all(d.sched); /* the embedded store has one skiffd: it leads */
     } else {

@@ -290,44 +290,87 @@ json_t *services_unseal(struct services *s, const char *text)
     return value;
 }
 
-#define SERVICES_KEY_CHECK_ID "key"
+#define SERVICES_SHARED_ID "key"
 #define SERVICES_KEY_CHECK_TEXT "the key of this platform's services"
 
-int services_key_check(struct services *s, const char *home)
+/* The value sealed in document kind/"key": the one in the store, or (when there is none yet)
+ * plain, which this skiffd then leaves there as the first. NULL when the sealed value does not
+ * open (*rc -EKEYREJECTED) or the store failed (*rc its error). */
+static json_t *services__shared(struct services *s, const char *kind, const json_t *plain, int *rc)
 {
     char *text = NULL;
-    int rc = store_doc_get_fresh(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, &text);
-    if (rc == -ENOENT) { /* the first: its key is the platform's */
-        json_t *plain = json_string(SERVICES_KEY_CHECK_TEXT);
+    *rc = store_doc_get_fresh(s->store, kind, SERVICES_SHARED_ID, &text);
+    if (*rc == -ENOENT) {
         char *sealed = services_seal(s, plain);
-        json_decref(plain);
         json_t *doc = json_pack("{s:s}", "sealed", sealed);
         char *body = json_dumps(doc, JSON_COMPACT);
         json_decref(doc);
+        sodium_memzero(sealed, strlen(sealed));
         free(sealed);
-        rc = store_doc_create(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, body);
+        *rc = store_doc_create(s->store, kind, SERVICES_SHARED_ID, body);
         free(body);
-        if (rc != -EEXIST)
-            return rc;
-        rc = store_doc_get_fresh(s->store, SERVICES_KIND_KEY_CHECK, SERVICES_KEY_CHECK_ID, &text);
+        if (*rc == 0)
+            return json_deep_copy(plain);
+        if (*rc == -EEXIST) /* another skiffd was first meanwhile */
+            *rc = store_doc_get_fresh(s->store, kind, SERVICES_SHARED_ID, &text);
     }
-    if (rc < 0)
-        return rc;
+    if (*rc < 0)
+        return NULL;
     json_t *doc = json_loads(text, 0, NULL);
     free(text);
     json_t *opened = services_unseal(s, json_string_value(json_object_get(doc, "sealed")));
     json_decref(doc);
-    bool same =
-        json_is_string(opened) && !strcmp(json_string_value(opened), SERVICES_KEY_CHECK_TEXT);
+    if (!opened)
+        *rc = -EKEYREJECTED;
+    return opened;
+}
+
+int services_key_check(struct services *s, const char *home)
+{
+    json_t *plain = json_string(SERVICES_KEY_CHECK_TEXT);
+    int rc;
+    json_t *opened = services__shared(s, SERVICES_KIND_KEY_CHECK, plain, &rc);
+    bool same = opened && json_equal(opened, plain);
+    json_decref(plain);
     json_decref(opened);
     if (same)
         return 0;
+    if (rc != -EKEYREJECTED && rc < 0)
+        return rc;
     log_error("%s/services.key is not the key the other skiffds on this store seal service "
               "credentials with: what they sealed could not be read here, nor what this one "
               "seals there. Copy services.key from the home of a skiffd that uses this store "
               "(mode 0600) to %s and start again",
               home, home);
     return -EKEYREJECTED;
+}
+
+int services_shared_key(struct services *s, const char *kind, const char *path,
+                        unsigned char key[32])
+{
+    int rc = services_binding_key(path, key);
+    if (rc < 0)
+        return rc;
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, key, 32);
+    json_t *mine = json_string(hex);
+    json_t *shared = services__shared(s, kind, mine, &rc);
+    const char *theirs = json_string_value(shared);
+    size_t n = 0;
+    if (shared && (!theirs || strlen(theirs) != 64 ||
+                   sodium_hex2bin(key, 32, theirs, 64, NULL, &n, NULL) < 0 || n != 32))
+        rc = -EINVAL;
+    else if (shared && strcmp(theirs, hex)) /* the key of the skiffd that was first */
+        rc = file_write_atomic(path, theirs, 64, 0600);
+    if (shared && theirs)
+        sodium_memzero((char *)theirs, strlen(theirs));
+    json_decref(shared);
+    sodium_memzero(hex, sizeof hex);
+    sodium_memzero((char *)json_string_value(mine), 64);
+    json_decref(mine);
+    if (rc < 0)
+        sodium_memzero(key, 32);
+    return rc;
 }
 
 /* ---- VCAP_SERVICES ------------------------------------------------------------------------ */

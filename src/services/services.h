@@ -43,6 +43,7 @@ struct services;
 #define SERVICES_KIND_BINDING "service.binding"
 #define SERVICES_KIND_BROKER "service.broker"
 #define SERVICES_KIND_KEY_CHECK "service.key_check"
+#define SERVICES_KIND_EVENTS_KEY "service.events_key"
 
 /* The label of user-provided instances in VCAP_SERVICES. */
 #define SERVICES_USER_PROVIDED "user-provided"
@@ -101,6 +102,11 @@ json_t *services_unseal(struct services *s, const char *text);
  * 0, or -EKEYREJECTED (logged, with what to do) for a key that does not: credentials the others
  * sealed could not be read here, nor those sealed here there. The store's error otherwise. */
 int services_key_check(struct services *s, const char *home);
+/* The same store's copy of a 32-byte key kept in path (64 hex digits, 0600), sealed in document
+ * kind: the first skiffd leaves its own key there (made when path has none), and every later
+ * one takes the store's into key and into path. 0, or -errno (key wiped). */
+int services_shared_key(struct services *s, const char *kind, const char *path,
+                        unsigned char key[32]);
 
 /* ---- VCAP_SERVICES ------------------------------------------------------------------------ */
 

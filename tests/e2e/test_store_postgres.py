@@ -166,6 +166,57 @@ def test_service_credentials_sealed_through_one_skiffd_are_read_through_another(
         a.close()
 
 
+def test_the_first_skiffds_built_in_brokers_serve_every_skiffd_on_the_store(pg_dir):
+    """The built-in brokers keep their stores' data on one host, so on a shared store the first
+    skiffd's are the platform's: a second skiffd starts none of its own (before, it registered
+    its own over them, and the first's instances went to a broker that did not know them). The
+    events offering's tokens are signed with the key the store keeps, so a token made through
+    one skiffd publishes through the other; a forged one is refused by both."""
+    subprocess.run(["psql", "-q", "-h", pg_dir, "-U", "postgres", "-c",
+                    "CREATE DATABASE builtin", "postgres"],
+                   check=True, capture_output=True, timeout=60)
+    url = f"postgresql:///builtin?host={pg_dir}&user=postgres"
+    env = {"SKIFF_BUILTIN_BROKERS": "1"}
+    a = Platform(extra_args=["--store", url], extra_env=env).start()
+    b = Platform(extra_args=["--store", url], extra_env=env)
+    try:
+        def brokers(p):
+            return p.api("GET", "/v1/service_brokers")[1].get("service_brokers", [])
+        wait_for("a's built-in brokers registered",
+                 lambda: [x["name"] for x in brokers(a)] == ["skiff-builtin"])
+        first = brokers(a)[0]["url"]
+        b.start()
+        wait_for("b to leave its own brokers off",
+                 lambda: "this skiffd's stay off" in b.output())
+        assert [(x["name"], x["url"]) for x in brokers(b)] == [("skiff-builtin", first)]
+        keys = []
+        for p in (a, b):
+            with open(os.path.join(p.home, "brokers", "events.key")) as f:
+                keys.append(f.read())
+        assert keys[0] == keys[1]
+
+        r = b.cli("create-service", "events", "shared", "feed")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = b.cli("create-service-key", "feed", "k")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = a.cli("service-key", "feed", "k")
+        assert r.returncode == 0, r.stdout + r.stderr
+        creds = json.loads(r.stdout)
+        path = creds["url"][creds["url"].index("/v1/"):]
+        forged = creds["token"][:-1] + ("1" if creds["token"].endswith("0") else "0")
+        for p in (a, b):
+            status, body = p.api("POST", path, raw=b"hello", token=creds["token"],
+                                 headers={"Content-Type": "text/plain"})
+            assert status == 202, (p.home, status, body)
+            status, body = p.api("POST", path, raw=b"forged", token=forged,
+                                 headers={"Content-Type": "text/plain"})
+            assert status == 401, (p.home, status, body)
+        assert keys[0].strip() not in a.output() + b.output()
+    finally:
+        b.close()
+        a.close()
+
+
 def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
     # another writer changes the app's row (its version) and skiffd has not heard of it yet
     # (no NOTIFY: as if its notification were still on the way): skiffd's write from its

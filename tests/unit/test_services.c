@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 
 #include "common/util.h"
 #include "services/services.h"
+#include "store/store.h"
 
 static void assert_json_equal(const json_t *got, const char *want_text)
 {
@@ -142,6 +144,57 @@ static void test_seal_round_trip_and_key_file(void **state)
     rmdir(dir);
 }
 
+/* A key kept in each home's file and shared through the store (the events offering's): the
+ * first skiffd's is the store's, a later one takes it into its file, and a skiffd whose
+ * services.key differs gets none. The store holds it sealed, never as it is. */
+static void test_a_key_is_shared_through_the_store(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-services-XXXXXX", other[] = "/tmp/skiff-services-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(mkdtemp(other));
+    char *db = xasprintf("%s/skiff.db", dir), err[256];
+    struct store *st = NULL;
+    assert_int_equal(store_open(db, err, sizeof err, &st), 0);
+    struct services *s = NULL, *stranger = NULL;
+    assert_int_equal(services_open(st, dir, &s), 0);
+    char *first = xasprintf("%s/first.key", dir), *later = xasprintf("%s/later.key", dir);
+    char *strange = xasprintf("%s/strange.key", other);
+    unsigned char k1[32], k2[32], k3[32];
+    assert_int_equal(services_binding_key(later, k2), 0); /* its own, made before it joined */
+    assert_int_equal(services_shared_key(s, SERVICES_KIND_EVENTS_KEY, first, k1), 0);
+    assert_memory_not_equal(k1, k2, 32);
+    assert_int_equal(services_shared_key(s, SERVICES_KIND_EVENTS_KEY, later, k3), 0);
+    assert_memory_equal(k1, k3, 32);
+    assert_int_equal(services_binding_key(later, k2), 0); /* the file now holds the store's */
+    assert_memory_equal(k1, k2, 32);
+    struct stat sb;
+    assert_int_equal(stat(later, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    char *text = NULL, hex[65];
+    assert_int_equal(store_doc_get_fresh(st, SERVICES_KIND_EVENTS_KEY, "key", &text), 0);
+    sodium_bin2hex(hex, sizeof hex, k1, 32);
+    assert_null(strstr(text, hex));
+    free(text);
+
+    assert_int_equal(services_open(st, other, &stranger), 0); /* another services.key */
+    memset(k3, 1, sizeof k3);
+    assert_int_equal(services_shared_key(stranger, SERVICES_KIND_EVENTS_KEY, strange, k3),
+                     -EKEYREJECTED);
+    memset(k2, 0, sizeof k2);
+    assert_memory_equal(k3, k2, 32);
+
+    services_free(stranger);
+    services_free(s);
+    store_close(st);
+    char *cmd = xasprintf("rm -rf %s %s", dir, other);
+    assert_int_equal(system(cmd), 0);
+    free(cmd);
+    free(first);
+    free(later);
+    free(strange);
+    free(db);
+}
 
 static const char *const GOOD_CATALOG =
     "{\"services\":[{\"id\":\"s1\",\"name\":\"db\",\"description\":\"a db\",\"bindable\":true,"
@@ -288,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_managed_entries_grouped_by_label),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_seal_round_trip_and_key_file),
+        cmocka_unit_test(test_a_key_is_shared_through_the_store),
         cmocka_unit_test(test_catalog_validation),
         cmocka_unit_test(test_osb_identity_and_describe),
         cmocka_unit_test(test_parameters_against_a_schema),
