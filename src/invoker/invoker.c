@@ -1209,6 +1209,17 @@ static void mapping_created(void *ctx, int rc)
     free(op);
 }
 
+void invoker_mapping_spaces(struct invoker *inv, void (*fn)(void *ctx, const char *space),
+                            void *ctx)
+{
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (!m->deleted)
+            fn(ctx, m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID);
+    for (struct inv_store_op *op = inv->store_ops; op; op = op->next)
+        if (op->m && !invoker_mapping_find(inv, op->id)) /* a create whose write is queued */
+            fn(ctx, op->m->spec.space ? op->m->spec.space : SKIFF_DEFAULT_SPACE_GUID);
+}
+
 void invoker_mapping_create(struct invoker *inv, struct mapping_spec *spec,
                             invoker_mapping_fn *done, void *ctx)
 {

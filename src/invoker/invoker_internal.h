@@ -182,6 +182,11 @@ bool invoker_mapping_catch_up(struct invoker *inv, const char *id, invoker_mappi
  * mapping starts and done hears (on SQLite during the call). */
 void invoker_mapping_create(struct invoker *inv, struct mapping_spec *spec,
                             invoker_mapping_fn *done, void *ctx);
+/* fn(ctx, space guid) for each mapping a quota counts: those running here, and those whose
+ * create is queued (invoker_mapping_create before done), so that creates sent together
+ * cannot pass one quota each. */
+void invoker_mapping_spaces(struct invoker *inv, void (*fn)(void *ctx, const char *space),
+                            void *ctx);
 /* Stops the mapping at once and deletes its document and cursor; done (when not NULL) hears
  * once the document's delete is made (0 also when it was gone already). */
 void invoker_mapping_remove(struct inv_mapping *m, invoker_mapping_fn *done, void *ctx);

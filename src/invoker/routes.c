@@ -85,6 +85,23 @@ static bool routes_policy_admits(struct api_request *req, const struct mapping_s
     return ok;
 }
 
+/* The mappings counted against one space's quota and its org's. */
+struct routes_usage {
+    struct auth *auth;
+    const struct auth_space *space;
+    struct auth_usage in_space, in_org;
+};
+
+static void routes_usage_add(void *ctx, const char *space_guid)
+{
+    struct routes_usage *u = ctx;
+    const struct auth_space *s = auth_space_get(u->auth, space_guid);
+    if (s && !strcmp(s->guid, u->space->guid))
+        u->in_space.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
+    if (s && !strcmp(s->org_guid, u->space->org_guid))
+        u->in_org.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
+}
+
 /* Whether one more event mapping fits the quotas of the space and its org; answers 422
  * `quota_exceeded` itself when not. */
 static bool routes_quota_admits(struct invoker *inv, struct api_request *req, const char *space_guid)
@@ -94,28 +111,19 @@ static bool routes_quota_admits(struct invoker *inv, struct api_request *req, co
     const struct auth_org *org = space ? auth_org_find(auth, space->org_guid) : NULL;
     if (!space || !org)
         return true;
-    struct auth_usage in_space = {{0}}, in_org = {{0}};
-    in_space.use[AUTH_QUOTA_EVENT_MAPPINGS] = in_org.use[AUTH_QUOTA_EVENT_MAPPINGS] = 1;
-    for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
-        if (m->deleted)
-            continue;
-        const struct auth_space *s =
-            auth_space_get(auth, m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID);
-        if (s && !strcmp(s->guid, space->guid))
-            in_space.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
-        if (s && !strcmp(s->org_guid, org->guid))
-            in_org.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
-    }
+    struct routes_usage u = {.auth = auth, .space = space};
+    u.in_space.use[AUTH_QUOTA_EVENT_MAPPINGS] = u.in_org.use[AUTH_QUOTA_EVENT_MAPPINGS] = 1;
+    invoker_mapping_spaces(inv, routes_usage_add, &u);
     char where[2 * AUTH_NAME_MAX + 16], msg[512];
     const struct auth_quota *sq = space->quota_guid[0] ? auth_quota_find(auth, space->quota_guid)
                                                        : NULL;
     const struct auth_quota *oq = org->quota_guid[0] ? auth_quota_find(auth, org->quota_guid)
                                                      : NULL;
     snprintf(where, sizeof where, "space %s/%s", org->name, space->name);
-    bool ok = auth_quota_admits(sq, &in_space, where, msg, sizeof msg);
+    bool ok = auth_quota_admits(sq, &u.in_space, where, msg, sizeof msg);
     if (ok) {
         snprintf(where, sizeof where, "org %s", org->name);
-        ok = auth_quota_admits(oq, &in_org, where, msg, sizeof msg);
+        ok = auth_quota_admits(oq, &u.in_org, where, msg, sizeof msg);
     }
     if (!ok)
         api_respond_error(req, SKIFF_E_QUOTA, "%s", msg);

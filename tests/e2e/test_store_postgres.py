@@ -1,5 +1,6 @@
 """skiffd on a PostgreSQL store: a throwaway server (Unix socket only) started here, apps and
 routes made through the API, skiffd restarted, and everything found again."""
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -215,6 +216,35 @@ def test_the_first_skiffds_built_in_brokers_serve_every_skiffd_on_the_store(pg_d
     finally:
         b.close()
         a.close()
+
+
+def test_event_mappings_sent_together_are_held_to_the_quota(pg_dir):
+    """On PostgreSQL a mapping's create is answered once its write is made: mappings whose
+    writes are still queued count against the space's quota too, so creates sent at once
+    cannot each pass the check (before, 8 at once made up to 8 under a quota of 2)."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    try:
+        for method, path, body in (
+                ("POST", "/v1/quotas", {"name": "two-maps", "event_mappings": 2}),
+                ("POST", "/v1/orgs", {"name": "burst"}),
+                ("POST", "/v1/orgs/burst/spaces", {"name": "s"}),
+                ("PUT", "/v1/orgs/burst/spaces/s/quota", {"quota": "two-maps"}),
+                ("PUT", "/v1/apps/fn?space=burst/s", {"no_route": True})):
+            status, out = p.api(method, path, body)
+            assert status in (200, 201), (method, path, status, out)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: p.api(
+                "POST", "/v1/event-mappings?space=burst/s", {"app": "fn", "topic": f"t{i}"}),
+                range(8)))
+        statuses = sorted(status for status, _ in got)
+        assert statuses == [201, 201] + [422] * 6, got
+        assert all(out["error"]["code"] == "quota_exceeded" for status, out in got
+                   if status == 422), got
+        status, out = p.api("GET", "/v1/event-mappings?space=burst/s")
+        assert status == 200 and len(out["event_mappings"]) == 2, out
+    finally:
+        p.close()
 
 
 def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
