@@ -17,7 +17,8 @@
 #include "store/store.h"
 
 #define AUTH_HASH_BYTES 32
-#define AUTH_TOKEN_BYTES 32
+#define AUTH_TOKEN_BYTES 32 /* 24 random, 8 of their MAC (auth__token_mac) */
+#define AUTH_TOKEN_MAC_BYTES 8
 
 struct auth_role_row {
     char user_guid[AUTH_GUID_LEN + 1];
@@ -51,6 +52,8 @@ struct auth {
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
     char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
+    /* signs the tokens made here (auth_set_token_key: on a shared store, every skiffd's) */
+    unsigned char token_key[crypto_auth_hmacsha256_KEYBYTES];
     /* keyed reads for what the copy lacks (auth__catch_up); those refused are counted per
      * second for the log */
     struct rate_limit catch_up_rate;
@@ -1721,12 +1724,54 @@ static void auth__token_insert(struct auth *a, const struct auth_token_row *t)
     a->n_tokens++;
 }
 
+/* A token's bytes are a random part and the first AUTH_TOKEN_MAC_BYTES of its HMAC under
+ * the token key (over the prefix and the random part), so that a skiffd on a shared store
+ * tells a token another one made from one made up before it reads the store for it. */
+static void auth__token_mac(const struct auth *a, const char *prefix, const unsigned char *random,
+                            unsigned char mac[AUTH_TOKEN_MAC_BYTES])
+{
+    crypto_auth_hmacsha256_state st;
+    unsigned char full[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_init(&st, a->token_key, sizeof a->token_key);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)prefix, strlen(prefix));
+    crypto_auth_hmacsha256_update(&st, random, AUTH_TOKEN_BYTES - AUTH_TOKEN_MAC_BYTES);
+    crypto_auth_hmacsha256_final(&st, full);
+    memcpy(mac, full, AUTH_TOKEN_MAC_BYTES);
+    sodium_memzero(full, sizeof full);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* Whether text is a token of a known kind signed with this token key. */
+static bool auth__token_signed(const struct auth *a, const char *text)
+{
+    for (size_t k = 0; k < ARRAY_SIZE(auth__token_prefix); k++) {
+        const char *prefix = auth__token_prefix[k];
+        if (strncmp(text, prefix, strlen(prefix)))
+            continue;
+        unsigned char raw[AUTH_TOKEN_BYTES], mac[AUTH_TOKEN_MAC_BYTES];
+        size_t n = 0;
+        const char *b64 = text + strlen(prefix);
+        bool ok = sodium_base642bin(raw, sizeof raw, b64, strlen(b64), NULL, &n, NULL,
+                                    sodium_base64_VARIANT_URLSAFE_NO_PADDING) == 0 &&
+                  n == sizeof raw;
+        if (ok) {
+            auth__token_mac(a, prefix, raw, mac);
+            ok = sodium_memcmp(mac, raw + sizeof raw - sizeof mac, sizeof mac) == 0;
+        }
+        sodium_memzero(raw, sizeof raw);
+        return ok;
+    }
+    return false;
+}
+
 static int auth__token_make(struct auth *a, const char *guid, const char *user_guid,
                             enum auth_token_kind kind, const char *name, const char *space_guid,
                             int role, int64_t expires_at, char text[AUTH_TOKEN_TEXT_MAX])
 {
     unsigned char raw[AUTH_TOKEN_BYTES];
-    randombytes_buf(raw, sizeof raw);
+    randombytes_buf(raw, AUTH_TOKEN_BYTES - AUTH_TOKEN_MAC_BYTES);
+    auth__token_mac(a, auth__token_prefix[kind], raw,
+                    raw + AUTH_TOKEN_BYTES - AUTH_TOKEN_MAC_BYTES);
     size_t prefix = strlen(auth__token_prefix[kind]);
     memcpy(text, auth__token_prefix[kind], prefix);
     sodium_bin2base64(text + prefix, AUTH_TOKEN_TEXT_MAX - prefix, raw, sizeof raw,
@@ -2160,6 +2205,8 @@ static bool auth__user_known(const struct auth *a, const char *name)
 
 static bool auth__catch_up_token(struct auth *a, const char *text)
 {
+    if (!auth__token_signed(a, text)) /* made up, or made before tokens were signed */
+        return false;
     unsigned char hash[AUTH_HASH_BYTES];
     char hex[2 * AUTH_HASH_BYTES + 1];
     auth__hash(text, hash);
@@ -2171,6 +2218,8 @@ static int auth__catch_up_token_async(struct auth *a, const char *text,
                                       void (*then)(struct auth *a, bool found, void *arg),
                                       void *arg)
 {
+    if (!auth__token_signed(a, text))
+        return -ENOENT;
     unsigned char hash[AUTH_HASH_BYTES];
     char hex[2 * AUTH_HASH_BYTES + 1];
     auth__hash(text, hash);
@@ -2494,6 +2543,7 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->generation = t.generation;
     a->generation_news = t.generation_news;
     memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
+    memcpy(a->token_key, t.token_key, sizeof a->token_key);
     a->catch_up_rate = t.catch_up_rate;
     a->catch_up_second = t.catch_up_second;
     a->catch_up_refused = t.catch_up_refused;
@@ -2548,6 +2598,11 @@ void auth_set_shared(struct auth *a, bool shared)
     a->shared = shared;
 }
 
+void auth_set_token_key(struct auth *a, const unsigned char key[32])
+{
+    memcpy(a->token_key, key, sizeof a->token_key);
+}
+
 int auth_open(struct store *st, char **new_admin_password, struct auth **out)
 {
     if (sodium_init() < 0)
@@ -2556,6 +2611,7 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
     struct auth *a = auth__load(st);
     if (!a)
         return -EIO;
+    randombytes_buf(a->token_key, sizeof a->token_key); /* until auth_set_token_key */
     int rc = 0;
     if (a->n_orgs == 0) {
         if ((rc = auth__org_add(a, AUTH_DEFAULT_ORG_GUID, "default", NULL)) < 0 ||
@@ -2622,6 +2678,7 @@ void auth_free(struct auth *a)
     free(a->generation);
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
+    sodium_memzero(a->token_key, sizeof a->token_key);
     for (struct auth_batch *b = a->batches, *next; b; b = next) {
         next = b->next;
         b->a = NULL; /* its writes still report to it: the last frees it */

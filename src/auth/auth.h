@@ -235,6 +235,13 @@ int auth_catch_up(struct auth *a);
  * record exists is never taken over. */
 extern int64_t auth_claim_grace_ms;
 void auth_set_shared(struct auth *a, bool shared);
+/* The key tokens made from now on are signed with (32 bytes; a random one from auth_open).
+ * On a shared store every skiffd must have the same (the store keeps it: the document kind
+ * AUTH_TOKEN_KEY_KIND): a token this copy lacks is looked for in the store only when its
+ * signature holds, so made-up ones cost no read and no share of the reads a second. Tokens
+ * made before tokens were signed still work where they are known. */
+#define AUTH_TOKEN_KEY_KIND "auth.token_key"
+void auth_set_token_key(struct auth *a, const unsigned char key[32]);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */
 bool auth_catch_up_user(struct auth *a, const char *name);

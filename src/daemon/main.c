@@ -482,6 +482,22 @@ static void shutdown_api_done(void *arg)
 
 static void daemon_unwatch_store(struct daemon *d);
 
+/* On a shared store, the key every skiffd signs tokens with: the store's (auth.h). */
+static int daemon_token_key(struct daemon *d)
+{
+    char *key_path = xasprintf("%s/auth-token.key", d->home);
+    unsigned char token_key[32];
+    int rc = services_shared_key(d->services, AUTH_TOKEN_KEY_KIND, key_path, token_key);
+    if (rc < 0)
+        log_error("cannot read the tokens' key %s from the store: %s", key_path,
+                  skiff_strerror(rc));
+    else
+        auth_set_token_key(d->auth, token_key);
+    sodium_memzero(token_key, sizeof token_key);
+    free(key_path);
+    return rc;
+}
+
 static void daemon_stop(struct daemon *d)
 {
     if (d->stopping)
@@ -1586,6 +1602,8 @@ int main(int argc, char **argv)
             log_error("cannot check the services' key against the store: %s", skiff_strerror(rc));
         goto fail;
     }
+    if (store_location_is_postgres(db) && (rc = daemon_token_key(&d)) < 0)
+        goto fail;
     d.logs = logs_new(1000);
     d.hub = hub_new();
     api_url = xasprintf("http://%s", d.api_addr);

@@ -5,6 +5,7 @@ LEADER_BOUND_S; `skiff cells` lists every skiffd from its heartbeats.
 Each skiffd has its own home and ports. They run instances as host processes (--isolation
 process) so that two of them on one machine do not share a container network; a droplet
 whose folder is not on a skiffd's host comes from the blob store (tests/e2e/test_blobs.py)."""
+import concurrent.futures
 import json
 import os
 import signal
@@ -436,11 +437,38 @@ def test_one_name_made_through_two_skiffds_at_once_is_made_once(pair):
              "the name of a deleted user to be free again")
 
 
+def test_made_up_tokens_cost_no_read_of_the_store(pair):
+    """Tokens are signed with a key every skiffd on the store shares: a token this copy lacks
+    is looked for in the store only when its signature holds. A flood of made-up tokens is
+    refused without a read, so it takes none of the 50 reads a second that a token made a
+    moment ago through the other skiffd needs (before, it took them all, and the log said
+    so), and a real token with one character changed is refused too."""
+    a, b = pair
+    def made_up(i):
+        return a.api("GET", "/v1/apps", token="skiffa_" + f"{i:043d}")[0]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(made_up, range(300))) == {401}
+    assert b.api("POST", "/v1/users", {"name": "dev8", "password": "correct horse battery"})[0] == 201
+    status, tok = login(b, "dev8", "correct horse battery")
+    assert status == 200, tok
+    status, body = a.api("GET", "/v1/auth/me", token=tok["access_token"])
+    assert status == 200 and body["user"]["name"] == "dev8", body
+    access = tok["access_token"]
+    changed = access[:-1] + ("B" if access[-1] != "B" else "C")
+    assert a.api("GET", "/v1/apps", token=changed)[0] == 401
+    # the refusals a second are logged once the next second begins: let one begin
+    second = int(time.time())
+    wait_for(lambda: int(time.time()) > second, 2, "the next second")
+    assert made_up(300) == 401
+    assert "reads for unknown tokens or user names refused" not in a.output(), a.output()
+
+
 def test_a_made_up_token_is_looked_for_off_the_loop_and_its_body_not_taken(pair):
-    """A bearer token the copy lacks is looked for in the store (queued) before the request
-    is decided: a made-up one is refused 401 whatever it asks; meanwhile the request may carry
-    a small body only, so a client sending made-up tokens with large bodies has none read
-    (413), and a token made through the other controller a moment ago works (its body small)."""
+    """A made-up bearer token is refused 401 at once whatever it asks (its signature does not
+    hold). A signed one the copy lacks is looked for in the store (queued) before the request
+    is decided: meanwhile the request may carry a small body only, so a client sending such
+    tokens (an ended one) with large bodies has none read (413), and a token made through the
+    other controller a moment ago works (its body small)."""
     a, b = pair
     made_up = "skiffa_" + "A" * 43
     for method, path in (("GET", "/v1/orgs"), ("GET", "/v1/apps"), ("DELETE", "/v1/users/admin")):
@@ -451,8 +479,16 @@ def test_a_made_up_token_is_looked_for_off_the_loop_and_its_body_not_taken(pair)
     big = json.dumps({"name": "big", "env": {"PAD": "x" * (64 << 10)}}).encode()
     status, body = a.api("POST", "/v1/apps", token=made_up, raw=big,
                          headers={"Content-Type": "application/json"})
-    assert status == 413, body
+    assert status == 401, body
     assert b.api("POST", "/v1/users", {"name": "dev9", "password": "correct horse battery"})[0] == 201
+    status, ended = login(b, "dev9", "correct horse battery")
+    assert status == 200, ended
+    assert b.api("POST", "/v1/auth/logout", {}, token=ended["access_token"])[0] == 204
+    wait_for(lambda: a.api("GET", "/v1/auth/me", token=ended["access_token"])[0] == 401,
+             REVOKE_BOUND_S * 5, "the ended token refused through a")
+    status, body = a.api("POST", "/v1/apps", token=ended["access_token"], raw=big,
+                         headers={"Content-Type": "application/json"})
+    assert status == 413, body
     status, tok = login(b, "dev9", "correct horse battery")
     assert status == 200, tok
     status, body = a.api("GET", "/v1/auth/me", token=tok["access_token"])

@@ -86,6 +86,18 @@ static struct auth_principal as_user(struct fixture *fx, const char *name)
     return p;
 }
 
+/* The tokens' key of skiffds sharing a store (the store keeps it: services_shared_key). */
+static const unsigned char SHARED_TOKEN_KEY[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+
+/* Two copies as two skiffds on one store have them. */
+static void share(struct auth *a, struct auth *b)
+{
+    auth_set_shared(a, true);
+    auth_set_shared(b, true);
+    auth_set_token_key(a, SHARED_TOKEN_KEY);
+    auth_set_token_key(b, SHARED_TOKEN_KEY);
+}
+
 static void test_first_start_makes_default_space_and_admin(void **state)
 {
     struct fixture *fx = *state;
@@ -275,8 +287,7 @@ static void test_two_copies_on_one_store_catch_up(void **state)
     assert_int_equal(auth_open(st2, &pw, &b), 0);
     assert_null(pw);
     struct auth *a = fx->auth;
-    auth_set_shared(a, true);
-    auth_set_shared(b, true);
+    share(a, b);
     assert_int_equal(auth_catch_up(b), 1); /* the first call reads */
     assert_int_equal(auth_catch_up(b), 0); /* nothing changed since */
 
@@ -324,13 +335,32 @@ static void test_two_copies_on_one_store_catch_up(void **state)
     assert_int_equal(auth_catch_up(b), 1);
     assert_int_equal(auth_authenticate(b, access2, &p), -ENOENT);
 
-    /* made-up tokens: at most 50 keyed reads a second for them after a burst of 20, the rest
-     * refused unread */
-    int64_t began = time_mono_ms();
+    /* made-up tokens, and tokens signed with another key, are refused unread: they take
+     * none of the reads a second, so a token made through a right after is still found */
     for (int i = 0; i < 300; i++) {
         char made_up[AUTH_TOKEN_TEXT_MAX];
         snprintf(made_up, sizeof made_up, "skiffa_%043d", i);
         assert_int_equal(auth_authenticate(b, made_up, &p), -ENOENT);
+    }
+    struct auth *stranger = NULL;
+    assert_int_equal(auth_open(st2, &pw, &stranger), 0); /* a key of its own */
+    char foreign[AUTH_TOKEN_TEXT_MAX], foreign_refresh[AUTH_TOKEN_TEXT_MAX];
+    for (int i = 0; i < 30; i++) {
+        assert_int_equal(auth_login(stranger, guid, foreign, foreign_refresh), 0);
+        assert_int_equal(auth_authenticate(b, foreign, &p), -ENOENT);
+    }
+    auth_free(stranger);
+    assert_int_equal(auth_catch_up_refused(b), 0);
+    assert_int_equal(auth_login(a, guid, access, refresh), 0);
+    assert_int_equal(auth_authenticate(b, access, &p), 0);
+
+    /* unknown names: at most 50 keyed reads a second for them after a burst of 20, the rest
+     * refused unread */
+    int64_t began = time_mono_ms();
+    for (int i = 0; i < 300; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "nobody-%d", i);
+        assert_false(auth_catch_up_user(b, name));
     }
     int64_t elapsed = time_mono_ms() - began;
     int64_t most = 20 + 50 * elapsed / 1000 + 1; /* reads allowed in that time */
@@ -427,8 +457,7 @@ static void test_catch_up_reads_the_generation_only_on_its_news(void **state)
     free(pw);
     assert_int_equal(auth_open(s2, &pw, &b), 0);
     assert_null(pw);
-    auth_set_shared(a, true);
-    auth_set_shared(b, true);
+    share(a, b);
     assert_int_equal(auth_catch_up(b), 1); /* the first call reads */
 
     char guid[AUTH_GUID_LEN + 1];
@@ -476,8 +505,7 @@ static void test_a_miss_is_read_fresh_when_the_feed_told_only_of_older_writes(vo
     free(pw);
     assert_int_equal(auth_open(s2, &pw, &b), 0);
     assert_null(pw);
-    auth_set_shared(a, true);
-    auth_set_shared(b, true);
+    share(a, b);
     assert_int_equal(auth_catch_up(b), 1); /* b's copy holds every kind of auth's now */
 
     char hash[AUTH_PASSWORD_HASH_MAX];
@@ -530,8 +558,7 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     free(pw);
     assert_int_equal(auth_open(s2, &pw, &b), 0);
     assert_null(pw);
-    auth_set_shared(a, true);
-    auth_set_shared(b, true);
+    share(a, b);
 
     char hash[AUTH_PASSWORD_HASH_MAX];
     assert_int_equal(auth_password_hash("a long password", hash), 0);
@@ -601,8 +628,7 @@ static void two_open(struct two *t)
     free(pw);
     assert_int_equal(auth_open(t->s2, &pw, &t->b), 0);
     assert_null(pw);
-    auth_set_shared(t->a, true);
-    auth_set_shared(t->b, true);
+    share(t->a, t->b);
     snprintf(t->guid, sizeof t->guid, "%s", auth_user_find(t->a, "admin")->guid);
 }
 
