@@ -52,6 +52,8 @@ struct auth {
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
     char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
+    struct auth_reloading *reloading; /* auth_catch_up_async under way, or NULL */
+    uint64_t changes; /* writes queued and reloads made here: an older read lacks them */
     /* signs the tokens made here (auth_set_token_key: on a shared store, every skiffd's) */
     unsigned char token_key[crypto_auth_hmacsha256_KEYBYTES];
     /* keyed reads for what the copy lacks (auth__catch_up); those refused are counted per
@@ -330,6 +332,7 @@ static int auth__queue(struct auth *a, const char *kind, const char *id, const c
 {
     struct auth_batch *b = auth__batch(a);
     b->pending++;
+    a->changes++;
     int rc = json ? store_doc_put_async(a->store, kind, id, json, auth__put_landed, b)
                   : store_doc_delete_async(a->store, kind, id, auth__delete_landed, b);
     if (rc < 0) { /* its callback is not called */
@@ -2502,6 +2505,16 @@ bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
 
 /* ---- opening ------------------------------------------------------------------------------- */
 
+/* The kinds auth keeps, each with what reads one document of it into a copy. */
+static const struct {
+    const char *kind;
+    int (*load)(void *a, const char *id, const char *text);
+} auth__kinds[] = {{AUTH_DOC_USER, auth__load_user},   {AUTH_DOC_ORG, auth__load_org},
+                   {AUTH_DOC_SPACE, auth__load_space}, {AUTH_DOC_ROLE, auth__load_role},
+                   {AUTH_DOC_TOKEN, auth__load_token}, {AUTH_DOC_QUOTA, auth__load_quota}};
+
+static void auth__index(struct auth *a);
+
 /* Everything auth keeps, read from the store and indexed; NULL when the store failed. */
 static struct auth *auth__load(struct store *st)
 {
@@ -2510,15 +2523,18 @@ static struct auth *auth__load(struct store *st)
     a->loaded_news = store_doc_news_kind(st, "auth"); /* news during the reads: read again */
     /* read fresh: a reload follows news of one kind (the generation), which may come before
      * the store's copy of the others has caught up */
-    if (store_doc_each_fresh(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
-        store_doc_each_fresh(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
-        store_doc_each_fresh(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
-        store_doc_each_fresh(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
-        store_doc_each_fresh(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
-        store_doc_each_fresh(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
-        auth_free(a);
-        return NULL;
-    }
+    for (size_t k = 0; k < ARRAY_SIZE(auth__kinds); k++)
+        if (store_doc_each_fresh(st, auth__kinds[k].kind, auth__kinds[k].load, a) < 0) {
+            auth_free(a);
+            return NULL;
+        }
+    auth__index(a);
+    return a;
+}
+
+/* A copy's lists sorted and indexed once its documents are read. */
+static void auth__index(struct auth *a)
+{
     if (a->n_users)
         qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
     auth__users_indexed(a);
@@ -2529,7 +2545,6 @@ static struct auth *auth__load(struct store *st)
         qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
     if (a->n_tokens)
         qsort(a->tokens, a->n_tokens, sizeof *a->tokens, auth__cmp_token_hash);
-    return a;
 }
 
 /* The contents of a and b change places (the store and the setting stay). */
@@ -2544,6 +2559,9 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->generation_news = t.generation_news;
     memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
     memcpy(a->token_key, t.token_key, sizeof a->token_key);
+    a->reloading = t.reloading;
+    a->changes = t.changes + 1; /* a reloading under way reads again */
+    b->reloading = NULL;
     a->catch_up_rate = t.catch_up_rate;
     a->catch_up_second = t.catch_up_second;
     a->catch_up_refused = t.catch_up_refused;
@@ -2591,6 +2609,150 @@ int auth_catch_up(struct auth *a)
     }
     free(text);
     return rc;
+}
+
+/* ---- catching up off the loop ----------------------------------------------------------- */
+
+/* An auth_catch_up_async under way: the generation's read, then every kind's, queued on the
+ * store's writer; its callbacks run on the caller's loop. */
+struct auth_reloading {
+    struct auth *a;     /* NULL once auth_free ran: the reads still report here */
+    struct auth *fresh; /* the copy being read */
+    char *generation;   /* the record read */
+    uint64_t news;      /* store_doc_news_kind of the generation before its read */
+    uint64_t changes;   /* a->changes when the kinds' reads were queued */
+    int pending, rc;    /* reads still to report; the first failure */
+    int tries;          /* reads of every kind made again (a change made here meanwhile) */
+    auth_done_fn *done;
+    void *ctx;
+};
+
+#define AUTH_RELOAD_TRIES 5
+
+static void auth__reloading_end(struct auth_reloading *r, int rc)
+{
+    struct auth *a = r->a;
+    if (a)
+        a->reloading = NULL;
+    auth_free(r->fresh);
+    free(r->generation);
+    if (r->done)
+        r->done(r->ctx, rc);
+    free(r);
+}
+
+static void auth__kinds_read(struct auth_reloading *r);
+
+/* One kind's read for a reloading. */
+struct auth_kind_read {
+    struct auth_reloading *r;
+    size_t k; /* in auth__kinds */
+};
+
+static void auth__kind_read(void *ctx, int rc, char **ids, char **bodies)
+{
+    struct auth_kind_read *kr = ctx;
+    struct auth_reloading *r = kr->r;
+    if (rc < 0 && !r->rc)
+        r->rc = rc;
+    for (size_t i = 0; rc == 0 && !r->rc && ids && ids[i]; i++)
+        if (auth__kinds[kr->k].load(r->fresh, ids[i], bodies[i]) < 0)
+            r->rc = -EIO;
+    free(kr);
+    store_strv_free(ids);
+    store_strv_free(bodies);
+    if (--r->pending > 0)
+        return;
+    struct auth *a = r->a;
+    if (!a || r->rc < 0) {
+        auth__reloading_end(r, a ? -EIO : -ECANCELED);
+        return;
+    }
+    if (a->changes != r->changes) { /* a change made here since: the reads may lack it */
+        auth_free(r->fresh);
+        r->fresh = NULL;
+        if (++r->tries < AUTH_RELOAD_TRIES) {
+            auth__kinds_read(r);
+            return;
+        }
+        int reloaded = auth_reload(a); /* changes keep coming: read at once, as before */
+        if (reloaded == 0) {
+            free(a->generation);
+            a->generation = r->generation;
+            r->generation = NULL;
+            a->generation_news = r->news;
+        }
+        auth__reloading_end(r, reloaded < 0 ? -EIO : 1);
+        return;
+    }
+    auth__index(r->fresh);
+    auth__swap(a, r->fresh); /* r->fresh now holds what was in memory before */
+    free(a->generation);
+    a->generation = r->generation;
+    r->generation = NULL;
+    a->generation_news = r->news;
+    auth__reloading_end(r, 1);
+}
+
+/* Every kind's read queued, in turn with the writes (so they see those queued before). */
+static void auth__kinds_read(struct auth_reloading *r)
+{
+    struct auth *a = r->a;
+    r->fresh = xcalloc(1, sizeof *r->fresh);
+    r->fresh->store = a->store;
+    r->fresh->loaded_news = store_doc_news_kind(a->store, "auth");
+    r->changes = a->changes;
+    r->rc = 0;
+    r->pending = (int)ARRAY_SIZE(auth__kinds);
+    for (size_t k = 0; k < ARRAY_SIZE(auth__kinds); k++) {
+        struct auth_kind_read *kr = xcalloc(1, sizeof *kr);
+        *kr = (struct auth_kind_read){.r = r, .k = k};
+        if (store_doc_each_fresh_async(a->store, auth__kinds[k].kind, auth__kind_read, kr) < 0)
+            auth__kind_read(kr, -EIO, NULL, NULL);
+    }
+}
+
+static void auth__generation_read(void *ctx, int rc, const char *json)
+{
+    struct auth_reloading *r = ctx;
+    struct auth *a = r->a;
+    if (!a) {
+        auth__reloading_end(r, -ECANCELED);
+        return;
+    }
+    if (rc < 0 && rc != -ENOENT) {
+        auth__reloading_end(r, -EIO);
+        return;
+    }
+    r->generation = xstrdup(rc == -ENOENT || !json ? "" : json);
+    if (a->generation && !strcmp(a->generation, r->generation)) {
+        a->generation_news = r->news;
+        auth__reloading_end(r, 0);
+        return;
+    }
+    auth__kinds_read(r);
+}
+
+int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
+{
+    if (a->reloading) /* news meanwhile is seen by the next call */
+        return -EALREADY;
+    uint64_t news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
+    if (a->generation && news == a->generation_news && store_feed_fd(a->store) >= 0)
+        return 0;
+    struct auth_reloading *r = xcalloc(1, sizeof *r);
+    r->a = a;
+    r->news = news;
+    r->done = done;
+    r->ctx = ctx;
+    a->reloading = r;
+    if (store_doc_get_fresh_async(a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read, r) <
+        0) {
+        r->done = NULL;
+        auth__reloading_end(r, -EIO);
+        return -EIO;
+    }
+    return 1;
 }
 
 void auth_set_shared(struct auth *a, bool shared)
@@ -2679,6 +2841,8 @@ void auth_free(struct auth *a)
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     sodium_memzero(a->token_key, sizeof a->token_key);
+    if (a->reloading)
+        a->reloading->a = NULL;
     for (struct auth_batch *b = a->batches, *next; b; b = next) {
         next = b->next;
         b->a = NULL; /* its writes still report to it: the last frees it */

@@ -230,6 +230,14 @@ int auth_reload(struct auth *a);
  * another writer's write of it (store_doc_news_kind), so a second with nothing new reads
  * nothing. */
 int auth_catch_up(struct auth *a);
+/* auth_catch_up with the reads queued on the store's writer, for skiffd's loop: the generation
+ * record read fresh, and when it moved, every kind read again (in turn with the writes queued
+ * before) and put in place of the copy at once when the last read is back. A change made here
+ * meanwhile has the kinds read again (their reads may lack it; after 5 tries, auth_reload).
+ * 0: nothing new (no read); 1: queued, done(ctx, rc) hears 1 (read again), 0 (the record had
+ * not moved), -EIO or -ECANCELED (auth_free ran); -EALREADY: one is under way (what it may
+ * have missed is for the next call); -EIO: not queued. On SQLite done runs during the call. */
+int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx);
 /* How old a name's claim must be before it may be taken over when the record it names does
  * not exist (its skiffd died between the two writes): 30 s; tests may change it. A claim whose
  * record exists is never taken over. */

@@ -90,6 +90,7 @@ struct daemon {
     int64_t stop_began;
     uv_timer_t stop_watch;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
+    int64_t catch_up_began; /* when the last auth_catch_up_async began */
     int exit_code;
 };
 
@@ -868,20 +869,28 @@ static void daemon_on_resync(uv_timer_t *t)
  * wrote becomes what this one's API answers with. Users, roles and tokens are read again when
  * they changed (a token ended or a password changed through another skiffd is refused here
  * from then on), the API's cached app list is dropped, and the leader records its instances. */
+static void daemon_caught_up(void *ctx, int rc)
+{
+    struct daemon *d = ctx;
+    if (rc > 0)
+        log_msg(LOG_DEBUG, "users, roles and tokens changed: read again from the store in %lld ms",
+                (long long)(time_mono_ms() - d->catch_up_began));
+    if (rc == -EIO)
+        log_warning("cannot read users and tokens again from the store: this skiffd keeps "
+                    "what it read before and tries again in %d ms",
+                    DAEMON_RESYNC_MS);
+}
+
 static void daemon_on_catch_up(uv_timer_t *t)
 {
     struct daemon *d = t->data;
     if (d->stopping)
         return;
-    int64_t began = time_mono_ms();
-    int rc = auth_catch_up(d->auth);
-    if (rc > 0)
-        log_msg(LOG_DEBUG, "users, roles and tokens changed: read again from the store in %lld ms",
-                (long long)(time_mono_ms() - began));
-    if (rc < 0)
-        log_warning("cannot read users and tokens again from the store: this skiffd keeps "
-                    "what it read before and tries again in %d ms",
-                    DAEMON_RESYNC_MS);
+    /* the reads go through the store's writer, the copy swapped once they are back */
+    d->catch_up_began = time_mono_ms(); /* -EALREADY: one under way, timed from here */
+    int rc = auth_catch_up_async(d->auth, daemon_caught_up, d);
+    if (rc == -EIO)
+        daemon_caught_up(d, rc);
     if (d->core) {
         api_core_store_changed(d->core);
         api_core_record_instances(d->core, daemon_leading(d));

@@ -755,6 +755,48 @@ static void test_a_change_is_landed_only_once_its_writes_are_made(void **state)
     two_close(&t);
 }
 
+/* skiffd's once-a-second catch-up queues its reads: the copy answers as it was until every
+ * kind's read is back, then is replaced at once. A change made here while they are under way
+ * has them made again (they may lack it), so it is never lost from the copy. */
+static void test_a_catch_up_off_the_loop_replaces_the_copy_once_its_reads_are_back(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    assert_int_equal(auth_catch_up(t.b), 1); /* the first call reads */
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    assert_int_equal(auth_user_create(t.a, "far", hash, false, NULL), 0);
+    feed_fence(t.s2, t.s1);
+    struct refreshed r = {0};
+    assert_int_equal(auth_catch_up_async(t.b, note_landed, &r), 1);
+    assert_int_equal(auth_catch_up_async(t.b, NULL, NULL), -EALREADY);
+    assert_false(r.done);
+    assert_null(auth_user_find(t.b, "far")); /* not yet: the reads are queued */
+    assert_int_equal(auth_user_create(t.b, "near", hash, false, NULL), 0); /* made meanwhile */
+    for (int i = 0; i < 2000 && !r.done; i++) {
+        store_async_reap(t.s2);
+        if (!r.done)
+            usleep(10 * 1000);
+    }
+    assert_true(r.done);
+    assert_int_equal(r.rc, 1);
+    assert_non_null(auth_user_find(t.b, "far"));
+    assert_non_null(auth_user_find(t.b, "near"));
+    /* once it is done, the next finds nothing new (or reads again, the change made here
+     * having moved the generation) */
+    struct refreshed again = {0};
+    int rc = auth_catch_up_async(t.b, note_landed, &again);
+    for (int i = 0; i < 2000 && rc == 1 && !again.done; i++) {
+        store_async_reap(t.s2);
+        if (!again.done)
+            usleep(10 * 1000);
+    }
+    assert_true(rc == 0 || (rc == 1 && again.done && again.rc >= 0));
+    assert_non_null(auth_user_find(t.b, "near"));
+    two_close(&t);
+}
+
 /* A name's claim goes with its record, through the queue: a user deleted through a (its
  * claim's read and delete queued, landed with the deletion) may be made again at once
  * through b, and a made through b is refused through a. */
@@ -840,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of),
         cmocka_unit_test(test_a_refresh_token_is_good_once_across_two_stores),
         cmocka_unit_test(test_a_change_is_landed_only_once_its_writes_are_made),
+        cmocka_unit_test(test_a_catch_up_off_the_loop_replaces_the_copy_once_its_reads_are_back),
         cmocka_unit_test(test_a_deleted_users_name_is_free_again_once_landed),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
