@@ -52,7 +52,8 @@ struct auth {
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
     char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
-    struct auth_reloading *reloading; /* auth_catch_up_async under way, or NULL */
+    struct auth_reloading *reloads; /* reads of every kind under way (auth__reload_async) */
+    bool catching_up;               /* one of them is auth_catch_up_async's */
     uint64_t changes; /* writes queued and reloads made here: an older read lacks them */
     /* signs the tokens made here (auth_set_token_key: on a shared store, every skiffd's) */
     unsigned char token_key[crypto_auth_hmacsha256_KEYBYTES];
@@ -2128,17 +2129,56 @@ static bool auth__catch_up(struct auth *a, const char *kind, const char *id,
  * held it), -ENOENT when nothing is to be read (not shared, or past the rate). */
 struct auth_catching {
     struct auth *a;
+    char kind[32], id[2 * AUTH_HASH_BYTES + 1]; /* the keyed read's */
+    bool (*known)(const struct auth *, const char *);
+    char *what; /* a copy (a token's text: wiped when freed) */
     void (*then)(struct auth *a, bool found, void *arg);
     void *arg;
 };
+
+static int auth__reload_async(struct auth *a, auth_done_fn *done, void *ctx);
+
+static void auth__catching_free(struct auth_catching *c)
+{
+    sodium_memzero(c->what, strlen(c->what));
+    free(c->what);
+    free(c);
+}
+
+static void auth__catching_end(struct auth_catching *c, bool found)
+{
+    c->then(c->a, found, c->arg);
+    auth__catching_free(c);
+}
+
+static void auth__caught_reloaded(void *ctx, int rc)
+{
+    auth__catching_end(ctx, rc == 1);
+}
 
 static void auth__caught(void *ctx, int rc, const char *json)
 {
     (void)json;
     struct auth_catching *c = ctx;
-    bool found = rc == 0 && auth_reload(c->a) == 0;
-    c->then(c->a, found, c->arg);
-    free(c);
+    if (rc < 0 || auth__reload_async(c->a, auth__caught_reloaded, c) < 0)
+        auth__catching_end(c, false);
+}
+
+/* The keyed read, within the rate; false (nothing queued) past it or when it cannot be. */
+static bool auth__catching_read(struct auth_catching *c)
+{
+    return auth__catch_up_allowed(c->a) &&
+           store_doc_get_fresh_async(c->a->store, c->kind, c->id, auth__caught, c) == 0;
+}
+
+/* Everything read again after news: found, or the keyed read still to make. */
+static void auth__news_reloaded(void *ctx, int rc)
+{
+    struct auth_catching *c = ctx;
+    if (rc == 1 && c->known(c->a, c->what))
+        auth__catching_end(c, true);
+    else if (rc == -ECANCELED || !auth__catching_read(c)) /* -ECANCELED: auth is gone */
+        auth__catching_end(c, false);
 }
 
 static int auth__catch_up_async(struct auth *a, const char *kind, const char *id,
@@ -2147,20 +2187,21 @@ static int auth__catch_up_async(struct auth *a, const char *kind, const char *id
 {
     if (!a->shared)
         return -ENOENT;
-    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news) {
-        if (auth_reload(a) < 0)
-            return -ENOENT;
-        if (known(a, what))
-            return 1;
-    }
-    if (!auth__catch_up_allowed(a))
-        return -ENOENT;
     struct auth_catching *c = xcalloc(1, sizeof *c);
     c->a = a;
+    snprintf(c->kind, sizeof c->kind, "%s", kind);
+    snprintf(c->id, sizeof c->id, "%s", id);
+    c->known = known;
+    c->what = xstrdup(what);
     c->then = then;
     c->arg = arg;
-    if (store_doc_get_fresh_async(a->store, kind, id, auth__caught, c) < 0) {
-        free(c);
+    /* news of auth's documents since the copy was read: everything read again first (queued),
+     * then the keyed read only when that did not find it */
+    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news &&
+        auth__reload_async(a, auth__news_reloaded, c) == 0)
+        return 0;
+    if (!auth__catching_read(c)) {
+        auth__catching_free(c);
         return -ENOENT;
     }
     return 0;
@@ -2559,9 +2600,10 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->generation_news = t.generation_news;
     memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
     memcpy(a->token_key, t.token_key, sizeof a->token_key);
-    a->reloading = t.reloading;
-    a->changes = t.changes + 1; /* a reloading under way reads again */
-    b->reloading = NULL;
+    a->reloads = t.reloads;
+    a->catching_up = t.catching_up;
+    a->changes = t.changes;
+    b->reloads = NULL;
     a->catch_up_rate = t.catch_up_rate;
     a->catch_up_second = t.catch_up_second;
     a->catch_up_refused = t.catch_up_refused;
@@ -2577,6 +2619,7 @@ int auth_reload(struct auth *a)
     struct auth *fresh = auth__load(a->store);
     if (!fresh)
         return -EIO;
+    a->changes++; /* newer than what a reload under way reads */
     auth__swap(a, fresh);
     auth_free(fresh); /* what was in memory before */
     return 0;
@@ -2616,9 +2659,11 @@ int auth_catch_up(struct auth *a)
 /* An auth_catch_up_async under way: the generation's read, then every kind's, queued on the
  * store's writer; its callbacks run on the caller's loop. */
 struct auth_reloading {
+    struct auth_reloading *next; /* in a->reloads */
     struct auth *a;     /* NULL once auth_free ran: the reads still report here */
     struct auth *fresh; /* the copy being read */
-    char *generation;   /* the record read */
+    char *generation;   /* the record read (auth_catch_up_async's), else NULL */
+    bool catching_up;   /* auth_catch_up_async's */
     uint64_t news;      /* store_doc_news_kind of the generation before its read */
     uint64_t changes;   /* a->changes when the kinds' reads were queued */
     int pending, rc;    /* reads still to report; the first failure */
@@ -2632,8 +2677,13 @@ struct auth_reloading {
 static void auth__reloading_end(struct auth_reloading *r, int rc)
 {
     struct auth *a = r->a;
-    if (a)
-        a->reloading = NULL;
+    for (struct auth_reloading **pp = a ? &a->reloads : NULL; pp && *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    if (a && r->catching_up)
+        a->catching_up = false;
     auth_free(r->fresh);
     free(r->generation);
     if (r->done)
@@ -2642,6 +2692,17 @@ static void auth__reloading_end(struct auth_reloading *r, int rc)
 }
 
 static void auth__kinds_read(struct auth_reloading *r);
+
+/* The generation record a catch-up read, now the copy's. */
+static void auth__generation_take(struct auth *a, struct auth_reloading *r)
+{
+    if (!r->generation)
+        return;
+    free(a->generation);
+    a->generation = r->generation;
+    r->generation = NULL;
+    a->generation_news = r->news;
+}
 
 /* One kind's read for a reloading. */
 struct auth_kind_read {
@@ -2676,21 +2737,14 @@ static void auth__kind_read(void *ctx, int rc, char **ids, char **bodies)
             return;
         }
         int reloaded = auth_reload(a); /* changes keep coming: read at once, as before */
-        if (reloaded == 0) {
-            free(a->generation);
-            a->generation = r->generation;
-            r->generation = NULL;
-            a->generation_news = r->news;
-        }
+        if (reloaded == 0)
+            auth__generation_take(a, r);
         auth__reloading_end(r, reloaded < 0 ? -EIO : 1);
         return;
     }
     auth__index(r->fresh);
     auth__swap(a, r->fresh); /* r->fresh now holds what was in memory before */
-    free(a->generation);
-    a->generation = r->generation;
-    r->generation = NULL;
-    a->generation_news = r->news;
+    auth__generation_take(a, r);
     auth__reloading_end(r, 1);
 }
 
@@ -2733,19 +2787,38 @@ static void auth__generation_read(void *ctx, int rc, const char *json)
     auth__kinds_read(r);
 }
 
+/* A reloading of a, listed there. */
+static struct auth_reloading *auth__reloading_new(struct auth *a, auth_done_fn *done, void *ctx)
+{
+    struct auth_reloading *r = xcalloc(1, sizeof *r);
+    r->a = a;
+    r->done = done;
+    r->ctx = ctx;
+    r->next = a->reloads;
+    a->reloads = r;
+    return r;
+}
+
+/* Every kind read again, queued after the writes queued so far, the copy replaced once the
+ * reads are back: done(ctx, 1), or -EIO / -ECANCELED. 0: queued (on SQLite, done during the
+ * call). Several may be under way: they land in the order they were queued. */
+static int auth__reload_async(struct auth *a, auth_done_fn *done, void *ctx)
+{
+    auth__kinds_read(auth__reloading_new(a, done, ctx));
+    return 0;
+}
+
 int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
 {
-    if (a->reloading) /* news meanwhile is seen by the next call */
+    if (a->catching_up) /* news meanwhile is seen by the next call */
         return -EALREADY;
     uint64_t news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
     if (a->generation && news == a->generation_news && store_feed_fd(a->store) >= 0)
         return 0;
-    struct auth_reloading *r = xcalloc(1, sizeof *r);
-    r->a = a;
+    struct auth_reloading *r = auth__reloading_new(a, done, ctx);
     r->news = news;
-    r->done = done;
-    r->ctx = ctx;
-    a->reloading = r;
+    r->catching_up = true;
+    a->catching_up = true;
     if (store_doc_get_fresh_async(a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read, r) <
         0) {
         r->done = NULL;
@@ -2841,8 +2914,8 @@ void auth_free(struct auth *a)
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     sodium_memzero(a->token_key, sizeof a->token_key);
-    if (a->reloading)
-        a->reloading->a = NULL;
+    for (struct auth_reloading *r = a->reloads; r; r = r->next)
+        r->a = NULL;
     for (struct auth_batch *b = a->batches, *next; b; b = next) {
         next = b->next;
         b->a = NULL; /* its writes still report to it: the last frees it */

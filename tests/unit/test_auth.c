@@ -797,6 +797,41 @@ static void test_a_catch_up_off_the_loop_replaces_the_copy_once_its_reads_are_ba
     two_close(&t);
 }
 
+/* A token made through another skiffd, looked for after the feed told of it: everything is
+ * read again off the caller's thread (queued), not during the call, and the request's wait
+ * ends once the copy holds it. */
+static void test_a_token_from_another_skiffd_is_read_with_the_copy_off_the_loop(void **state)
+{
+    (void)state;
+    struct two t;
+    two_open(&t);
+    assert_int_equal(auth_catch_up(t.b), 1);
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(t.a, "newcomer", hash, false, &u), 0);
+    assert_int_equal(auth_login(t.a, u->guid, access, refresh), 0);
+    assert_int_equal(auth_wait(t.a), 0);
+    feed_fence(t.s2, t.s1);
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate_cached(t.b, access, &p), -ENOENT);
+    struct refreshed r = {0};
+    assert_int_equal(auth_authenticate_lookup_async(t.b, access, note_landed, &r), 0);
+    assert_false(r.done);
+    assert_null(auth_user_find(t.b, "newcomer")); /* nothing read during the call */
+    for (int i = 0; i < 2000 && !r.done; i++) {
+        store_async_reap(t.s2);
+        if (!r.done)
+            usleep(10 * 1000);
+    }
+    assert_true(r.done);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(auth_authenticate_cached(t.b, access, &p), 0);
+    assert_non_null(auth_user_find(t.b, "newcomer"));
+    two_close(&t);
+}
+
 /* A name's claim goes with its record, through the queue: a user deleted through a (its
  * claim's read and delete queued, landed with the deletion) may be made again at once
  * through b, and a made through b is refused through a. */
@@ -883,6 +918,7 @@ int main(void)
         cmocka_unit_test(test_a_refresh_token_is_good_once_across_two_stores),
         cmocka_unit_test(test_a_change_is_landed_only_once_its_writes_are_made),
         cmocka_unit_test(test_a_catch_up_off_the_loop_replaces_the_copy_once_its_reads_are_back),
+        cmocka_unit_test(test_a_token_from_another_skiffd_is_read_with_the_copy_off_the_loop),
         cmocka_unit_test(test_a_deleted_users_name_is_free_again_once_landed),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
