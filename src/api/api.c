@@ -112,11 +112,21 @@ struct api_app_read {
  * authorised and run once both that read is made and its body is read (on_request). */
 struct api_auth_wait {
     struct api_request *req; /* NULL once the request is gone */
-    char *token;
+    char *token;             /* NULL for a refusal's */
     int rc;
     bool looked;    /* the read is made: rc */
     bool body_read; /* on_request ran */
+    bool refused;   /* authorised, refused: auth_catch_up_denied_async's reads, then again */
 };
+
+static void api__auth_wait_free(struct api_auth_wait *w)
+{
+    if (w->token) {
+        sodium_memzero(w->token, strlen(w->token));
+        free(w->token);
+    }
+    free(w);
+}
 
 static void api__on_head(struct http_request *hreq, void *ctx);
 static void api__on_request(struct http_request *hreq, void *ctx);
@@ -538,9 +548,7 @@ static int api__authenticate(struct api *api, struct api_request *req)
     w->token = xstrdup(token);
     int rc = auth_authenticate_lookup_async(api->auth, token, api__token_looked, w);
     if (rc != 0) { /* known now (1), or nothing to look for */
-        sodium_memzero(w->token, strlen(w->token));
-        free(w->token);
-        free(w);
+        api__auth_wait_free(w);
         return rc == 1 && auth_authenticate_cached(api->auth, token, p) == 0 ? 0 : -2;
     }
     req->auth_wait = w;
@@ -693,17 +701,31 @@ static enum skiff_err api__authorize_now(struct api *api, struct api_request *re
     return SKIFF_E_FORBIDDEN;
 }
 
-/* Whether the caller may use the route. A refusal is decided again once when the copy was
+/* Whether the caller may use the route; a refusal is decided again once when the copy was
  * behind another skiffd's change on a shared store (a role given, a space made a moment ago
- * through another controller behind the same address): auth_catch_up_denied. */
-static enum skiff_err api__authorize(struct api *api, struct api_request *req, char *msg,
-                                     size_t msgsize)
+ * through another controller behind the same address): true when that was queued
+ * (auth_catch_up_denied_async: the request waits in req->auth_wait, w reused when given),
+ * and the request is authorised again once the reads are back. */
+static bool api__refusal_wait(struct api *api, struct api_request *req, enum skiff_err err,
+                              struct api_auth_wait *w)
 {
-    enum skiff_err err = api__authorize_now(api, req, msg, msgsize);
-    if ((err == SKIFF_E_FORBIDDEN || err == SKIFF_E_NOT_FOUND) && api->auth &&
-        auth_catch_up_denied(api->auth))
-        err = api__authorize_now(api, req, msg, msgsize);
-    return err;
+    if ((err != SKIFF_E_FORBIDDEN && err != SKIFF_E_NOT_FOUND) || !api->auth)
+        return false;
+    bool given = w != NULL;
+    if (!w)
+        w = xcalloc(1, sizeof *w);
+    w->req = req;
+    w->refused = true;
+    w->looked = false;
+    req->auth_wait = w; /* before the call: its answer may come during it */
+    if (auth_catch_up_denied_async(api->auth, api__token_looked, w) != 0) {
+        if (!given) {
+            req->auth_wait = NULL;
+            api__auth_wait_free(w);
+        }
+        return false;
+    }
+    return true;
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */
@@ -752,9 +774,7 @@ static void api__on_free(struct http_request *hreq, void *ctx)
     if (req->auth_wait) {
         struct api_auth_wait *w = req->auth_wait;
         if (w->looked) {
-            sodium_memzero(w->token, strlen(w->token));
-            free(w->token);
-            free(w);
+            api__auth_wait_free(w);
         } else {
             w->req = NULL; /* its read's callback lets it go */
         }
@@ -1063,8 +1083,8 @@ static void api__on_head(struct http_request *hreq, void *ctx)
                                 "a cell's token may only read blobs; this needs a user's token");
         else {
             char msg[512];
-            enum skiff_err err = api__authorize(api, req, msg, sizeof msg);
-            if (err)
+            enum skiff_err err = api__authorize_now(api, req, msg, sizeof msg);
+            if (err && !api__refusal_wait(api, req, err, NULL))
                 http_request_refuse(hreq, err, "%s", msg);
         }
         if (hreq->early_err)
@@ -1087,17 +1107,26 @@ static void api__run_looked(struct api_request *req)
 {
     struct api *api = req->api;
     struct api_auth_wait *w = req->auth_wait;
-    req->auth_wait = NULL;
-    bool known = w->rc == 0 && auth_authenticate_cached(api->auth, w->token, &req->principal) == 0;
-    sodium_memzero(w->token, strlen(w->token));
-    free(w->token);
-    free(w);
-    if (!known) {
-        api_respond_error(req, SKIFF_E_UNAUTHORIZED, API_TOKEN_INVALID);
-        return;
+    bool refused = w->refused;
+    if (!refused) {
+        bool known =
+            w->rc == 0 && auth_authenticate_cached(api->auth, w->token, &req->principal) == 0;
+        sodium_memzero(w->token, strlen(w->token));
+        free(w->token);
+        w->token = NULL;
+        if (!known) {
+            req->auth_wait = NULL;
+            api__auth_wait_free(w);
+            api_respond_error(req, SKIFF_E_UNAUTHORIZED, API_TOKEN_INVALID);
+            return;
+        }
     }
     char msg[512];
-    enum skiff_err err = api__authorize(api, req, msg, sizeof msg);
+    enum skiff_err err = api__authorize_now(api, req, msg, sizeof msg);
+    if (err && !refused && api__refusal_wait(api, req, err, w))
+        return; /* run again once the store answers */
+    req->auth_wait = NULL;
+    api__auth_wait_free(w);
     if (err)
         api_respond_error(req, err, "%s", msg);
     else
@@ -1109,13 +1138,10 @@ static void api__token_looked(void *ctx, int rc)
     struct api_auth_wait *w = ctx;
     w->looked = true;
     w->rc = rc;
-    if (!w->req) { /* the request went meanwhile */
-        sodium_memzero(w->token, strlen(w->token));
-        free(w->token);
-        free(w);
-    } else if (w->body_read) {
+    if (!w->req) /* the request went meanwhile */
+        api__auth_wait_free(w);
+    else if (w->body_read)
         api__run_looked(w->req);
-    }
 }
 
 static void api__on_request(struct http_request *hreq, void *ctx)

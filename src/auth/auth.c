@@ -2207,31 +2207,6 @@ static int auth__catch_up_async(struct auth *a, const char *kind, const char *id
     return 0;
 }
 
-bool auth_catch_up_denied(struct auth *a)
-{
-    if (!a->shared || !auth__catch_up_allowed(a))
-        return false;
-    char *text = NULL;
-    int rc = store_doc_get_fresh(a->store, AUTH_DOC_GENERATION, "auth", &text);
-    if (rc == -ENOENT)
-        text = xstrdup("");
-    else if (rc < 0)
-        return false;
-    /* unchanged since read, or last written here (a user alternating changes of their own
-     * with refused requests would otherwise make each refusal a reload) */
-    json_t *o = json_loads(text, 0, NULL);
-    const char *value = json_string_value(json_object_get(o, "generation"));
-    bool own = value && !strcmp(value, a->own_generation);
-    json_decref(o);
-    if (own || (a->generation && !strcmp(a->generation, text)) || auth_reload(a) < 0) {
-        free(text);
-        return false;
-    }
-    free(a->generation);
-    a->generation = text;
-    return true;
-}
-
 uint64_t auth_catch_up_refused(const struct auth *a)
 {
     return a->catch_up_refused_total;
@@ -2664,6 +2639,7 @@ struct auth_reloading {
     struct auth *fresh; /* the copy being read */
     char *generation;   /* the record read (auth_catch_up_async's), else NULL */
     bool catching_up;   /* auth_catch_up_async's */
+    bool denied;        /* auth_catch_up_denied_async's: the record this skiffd wrote is old */
     uint64_t news;      /* store_doc_news_kind of the generation before its read */
     uint64_t changes;   /* a->changes when the kinds' reads were queued */
     int pending, rc;    /* reads still to report; the first failure */
@@ -2779,7 +2755,15 @@ static void auth__generation_read(void *ctx, int rc, const char *json)
         return;
     }
     r->generation = xstrdup(rc == -ENOENT || !json ? "" : json);
-    if (a->generation && !strcmp(a->generation, r->generation)) {
+    bool own = false;
+    if (r->denied) { /* last written here: a user alternating changes of their own with
+                      * refused requests would otherwise make each refusal a reload */
+        json_t *o = json_loads(r->generation, 0, NULL);
+        const char *value = json_string_value(json_object_get(o, "generation"));
+        own = value && !strcmp(value, a->own_generation);
+        json_decref(o);
+    }
+    if (own || (a->generation && !strcmp(a->generation, r->generation))) {
         a->generation_news = r->news;
         auth__reloading_end(r, 0);
         return;
@@ -2826,6 +2810,22 @@ int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
         return -EIO;
     }
     return 1;
+}
+
+int auth_catch_up_denied_async(struct auth *a, auth_done_fn *done, void *ctx)
+{
+    if (!a->shared || !auth__catch_up_allowed(a))
+        return -ENOENT;
+    struct auth_reloading *r = auth__reloading_new(a, done, ctx);
+    r->news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
+    r->denied = true;
+    if (store_doc_get_fresh_async(a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read, r) <
+        0) {
+        r->done = NULL;
+        auth__reloading_end(r, -EIO);
+        return -ENOENT;
+    }
+    return 0;
 }
 
 void auth_set_shared(struct auth *a, bool shared)

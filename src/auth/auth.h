@@ -261,8 +261,11 @@ int auth_catch_up_user_async(struct auth *a, const char *name, auth_done_fn *don
  * shared store: whether users, roles, orgs, spaces or quotas changed through another skiffd
  * since this copy was read, which the change feed may not have told yet (a few ms). The
  * generation record is read fresh from the database (one keyed read, counted with the
- * misses' below), and everything reloaded when it changed: true, reloaded (decide again). */
-bool auth_catch_up_denied(struct auth *a);
+ * misses' below), and everything read again when it changed, all queued on the store's
+ * writer: 0 queued, done(ctx, 1) once everything was read again (decide again), 0 when
+ * nothing changed (or only through this skiffd), -EIO or -ECANCELED; -ENOENT: nothing to
+ * read (not shared, or past the reads a second). */
+int auth_catch_up_denied_async(struct auth *a, auth_done_fn *done, void *ctx);
 /* How many keyed reads for unknown tokens or user names were refused so far (at most 50 are
  * made a second; a client sending made-up credentials gets its 401 without one). */
 uint64_t auth_catch_up_refused(const struct auth *a);

@@ -4013,7 +4013,9 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         store_app_free(copy);
         char what[256];
         store_write_name(w, what, sizeof what);
-        if (stopped)
+        if (stopped && str_has_prefix(what, "read")) /* a reader stopping with the store */
+            log_msg(LOG_DEBUG, "store: %s not made: the store's writer has stopped", what);
+        else if (stopped)
             log_error("store: %s not written: the store's writer has stopped", what);
         else if (!b->full_logged)
             log_error("store: %s refused: %zu writes wait for the database, which is not "

@@ -222,6 +222,12 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b"})[0] == 201
     status, body = a.api("GET", "/v1/apps?space=default/made-on-b")
     assert status == 200, body
+    # the same with a body larger than the one a request with an unknown token may carry:
+    # while the refusal is decided again, the body of a known caller is read as usual
+    assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b-too"})[0] == 201
+    status, body = a.api("PUT", "/v1/apps/big-env?space=default/made-on-b-too",
+                         {"no_route": True, "env": {"PAD": "x" * (64 << 10)}})
+    assert status == 201, body
     # an API token made through a works through b, and a refresh token made through b on a
     status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
     assert status == 201, made
