@@ -93,6 +93,15 @@ struct api_request {
     size_t nscratch;
     struct api_auth_wait *auth_wait; /* its bearer token looked for in the store */
     struct api_app_read *app_reads;  /* apps read for it off the loop (api_request_app_find) */
+    struct api_user_read *user_read; /* a user name looked for (api_request_user_find) */
+};
+
+/* A user name looked for in the store for a request, off the loop: the handler runs again
+ * once the read is made, and finds what the copy then holds. */
+struct api_user_read {
+    struct api_request *req; /* NULL once the request is gone */
+    bool made;
+    bool calling; /* answered during the call: the handler goes on, not again */
 };
 
 /* An app read for a request from the database, off the loop: kept with the request, so that
@@ -771,6 +780,10 @@ static void api__on_free(struct http_request *hreq, void *ctx)
 {
     struct api_request *req = (struct api_request *)hreq;
     api__app_reads_drop(req);
+    if (req->user_read && req->user_read->made)
+        free(req->user_read);
+    else if (req->user_read)
+        req->user_read->req = NULL; /* its read's callback lets it go */
     if (req->auth_wait) {
         struct api_auth_wait *w = req->auth_wait;
         if (w->looked) {
@@ -1176,6 +1189,44 @@ static void api__app_read(void *ctx, int rc, struct store_app *app)
         api_respond_error(req, SKIFF_E_UNAVAILABLE, "the request ended before its app was read");
     else
         api_request_handle_again(req);
+}
+
+static void api__user_read(void *ctx, int rc)
+{
+    (void)rc; /* the copy says */
+    struct api_user_read *r = ctx;
+    r->made = true;
+    struct api_request *req = r->req;
+    if (r->calling)
+        return;
+    if (!req)
+        free(r);
+    else if (req->http.aborted)
+        api_respond_error(req, SKIFF_E_UNAVAILABLE, "the request ended before its user was read");
+    else
+        api_request_handle_again(req);
+}
+
+const struct auth_user *api_request_user_find(struct api_request *req, const char *name,
+                                              bool *waiting)
+{
+    struct auth *auth = req->api->auth;
+    *waiting = false;
+    const struct auth_user *u = auth ? auth_user_find(auth, name) : NULL;
+    if (u || !auth || req->user_read) /* found, or looked for once already */
+        return u;
+    struct api_user_read *r = xcalloc(1, sizeof *r);
+    r->req = req;
+    req->user_read = r;
+    r->calling = true;
+    int rc = auth_catch_up_user_async(auth, name, api__user_read, r);
+    r->calling = false;
+    if (rc == 0 && !r->made) {
+        *waiting = true;
+        return NULL;
+    }
+    r->made = true; /* known now, answered during the call, or nothing to read */
+    return auth_user_find(auth, name);
 }
 
 int api_request_app_find(struct api_request *req, struct store *st, const char *space,

@@ -269,6 +269,14 @@ bool api_request_aborted(const struct api_request *req);
 struct store_app;
 int api_request_app_find(struct api_request *req, struct store *st, const char *space,
                          const char *name, struct store_app **out);
+/* A user by name or guid, for a handler that may run again: from the copy; on a shared store,
+ * a name the copy lacks (made through another skiffd a moment ago) is looked for in the store
+ * once per request (auth_catch_up_user_async, queued): NULL with *waiting set, the handler
+ * returning without answering and running again once the read is made, when this call
+ * answers from the copy as it then is. */
+struct auth_user;
+const struct auth_user *api_request_user_find(struct api_request *req, const char *name,
+                                              bool *waiting);
 
 /* Parses the body as a JSON object. On failure answers 400 `invalid_json` (saying where)
  * itself, finishing the request, and returns NULL; on success the caller owns the reference. */

@@ -159,16 +159,6 @@ static void tenancy__answer_landed(struct api_tenancy *t, struct api_request *re
     auth_landed(tenancy__auth(t), tenancy__held_landed, h);
 }
 
-/* A user by name or guid; one made through another skiffd on a shared store a moment ago is
- * found too (auth_catch_up_user on a miss). */
-static const struct auth_user *tenancy__user_named(struct api_tenancy *t, const char *name)
-{
-    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
-    if (!u && auth_catch_up_user(tenancy__auth(t), name))
-        u = auth_user_find(tenancy__auth(t), name);
-    return u;
-}
-
 /* The principal's user, or NULL (the local admin token has none). */
 static const struct auth_user *tenancy__me(struct api_tenancy *t, struct api_request *req)
 {
@@ -593,7 +583,8 @@ static void tenancy__users_create(struct api_request *req, void *ctx)
         json_decref(body);
         return;
     }
-    if (tenancy__user_named(t, name)) {
+    /* this copy's word; one made through another skiffd is refused by the name's claim */
+    if (auth_user_find(tenancy__auth(t), name)) {
         api_respond_error(req, SKIFF_E_NAME_TAKEN, "user \"%s\" exists already", name);
         json_decref(body);
         return;
@@ -617,7 +608,10 @@ static void tenancy__users_delete(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
     const char *name = api_request_param(req, 0);
-    const struct auth_user *u = tenancy__user_named(t, name);
+    bool waiting;
+    const struct auth_user *u = api_request_user_find(req, name, &waiting);
+    if (waiting)
+        return; /* run again once the store answers */
     char what[AUTH_NAME_MAX + 16];
     snprintf(what, sizeof what, "user \"%s\"", name);
     if (!u) {
@@ -638,7 +632,10 @@ static void tenancy__password(struct api_request *req, void *ctx)
     struct api_tenancy *t = ctx;
     const struct auth_principal *p = api_request_principal(req);
     const char *name = api_request_param(req, 0);
-    const struct auth_user *u = tenancy__user_named(t, name);
+    bool waiting;
+    const struct auth_user *u = api_request_user_find(req, name, &waiting);
+    if (waiting)
+        return; /* run again once the store answers */
     const struct auth_user *me = tenancy__me(t, req);
     bool admin = p->admin || p->kind == AUTH_LOCAL_ADMIN;
     /* only the user, or an admin: anyone else is told there is no such user */

@@ -443,6 +443,24 @@ def test_one_name_made_through_two_skiffds_at_once_is_made_once(pair):
              "the name of a deleted user to be free again")
 
 
+def test_a_user_made_through_one_skiffd_is_changed_through_the_other_at_once(pair):
+    """A user name the copy lacks is looked for in the store off the loop (the handler runs
+    again once the read is made): a user made through b is given a new password and deleted
+    through a at once, and a name made through b is refused as taken through a."""
+    a, b = pair
+    for i in range(3):
+        name = f"hop{i}"
+        assert b.api("POST", "/v1/users", {"name": name, "password": "a first password"})[0] == 201
+        status, body = a.api("PUT", f"/v1/users/{name}/password",
+                             {"password": "a second password"})
+        assert status in (200, 204), body
+        status, body = a.api("POST", "/v1/users", {"name": name, "password": "yet another one"})
+        assert status == 409, body
+        status, body = a.api("DELETE", f"/v1/users/{name}")
+        assert status == 204, body
+    assert a.api("DELETE", "/v1/users/nobody-at-all")[0] == 404
+
+
 def test_made_up_tokens_cost_no_read_of_the_store(pair):
     """Tokens are signed with a key every skiffd on the store shares: a token this copy lacks
     is looked for in the store only when its signature holds. A flood of made-up tokens is
