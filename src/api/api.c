@@ -1097,7 +1097,20 @@ static void api__on_head(struct http_request *hreq, void *ctx)
         else {
             char msg[512];
             enum skiff_err err = api__authorize_now(api, req, msg, sizeof msg);
-            if (err && !api__refusal_wait(api, req, err, NULL))
+            /* an upload is refused at once: a role given a moment ago through another
+             * controller is here within a second, and a caller refused must not make skiffd
+             * take an upload before it is told */
+            if (err && !(req->route->flags & API_BODY_FILE) &&
+                api__refusal_wait(api, req, err, NULL)) {
+                /* refused until the store says otherwise: a small body at most meanwhile */
+                hreq->body_limit = API_SMALL_BODY_MAX;
+                hreq->too_large_hint = ": this controller refuses it unless a role or space "
+                                       "given through another controller a moment ago allows "
+                                       "it, and takes no larger body until it knows: send it "
+                                       "again";
+                return;
+            }
+            if (err)
                 http_request_refuse(hreq, err, "%s", msg);
         }
         if (hreq->early_err)

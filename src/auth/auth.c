@@ -2792,6 +2792,18 @@ static int auth__reload_async(struct auth *a, auth_done_fn *done, void *ctx)
     return 0;
 }
 
+/* The generation record's fresh read queued for r; false (r ended, its done not called) when
+ * it cannot be. */
+static bool auth__generation_queue(struct auth_reloading *r)
+{
+    if (store_doc_get_fresh_async(r->a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read,
+                                  r) == 0)
+        return true;
+    r->done = NULL;
+    auth__reloading_end(r, -EIO);
+    return false;
+}
+
 int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
 {
     if (a->catching_up) /* news meanwhile is seen by the next call */
@@ -2803,13 +2815,7 @@ int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
     r->news = news;
     r->catching_up = true;
     a->catching_up = true;
-    if (store_doc_get_fresh_async(a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read, r) <
-        0) {
-        r->done = NULL;
-        auth__reloading_end(r, -EIO);
-        return -EIO;
-    }
-    return 1;
+    return auth__generation_queue(r) ? 1 : -EIO;
 }
 
 int auth_catch_up_denied_async(struct auth *a, auth_done_fn *done, void *ctx)
@@ -2819,13 +2825,7 @@ int auth_catch_up_denied_async(struct auth *a, auth_done_fn *done, void *ctx)
     struct auth_reloading *r = auth__reloading_new(a, done, ctx);
     r->news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
     r->denied = true;
-    if (store_doc_get_fresh_async(a->store, AUTH_DOC_GENERATION, "auth", auth__generation_read, r) <
-        0) {
-        r->done = NULL;
-        auth__reloading_end(r, -EIO);
-        return -ENOENT;
-    }
-    return 0;
+    return auth__generation_queue(r) ? 0 : -ENOENT;
 }
 
 void auth_set_shared(struct auth *a, bool shared)

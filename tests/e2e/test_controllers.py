@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -222,11 +223,10 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b"})[0] == 201
     status, body = a.api("GET", "/v1/apps?space=default/made-on-b")
     assert status == 200, body
-    # the same with a body larger than the one a request with an unknown token may carry:
-    # while the refusal is decided again, the body of a known caller is read as usual
+    # the same with a body: read (16 KiB at most) while the refusal is decided again
     assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b-too"})[0] == 201
-    status, body = a.api("PUT", "/v1/apps/big-env?space=default/made-on-b-too",
-                         {"no_route": True, "env": {"PAD": "x" * (64 << 10)}})
+    status, body = a.api("PUT", "/v1/apps/made-there?space=default/made-on-b-too",
+                         {"no_route": True, "env": {"K": "v"}})
     assert status == 201, body
     # an API token made through a works through b, and a refresh token made through b on a
     status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
@@ -459,6 +459,27 @@ def test_a_user_made_through_one_skiffd_is_changed_through_the_other_at_once(pai
         status, body = a.api("DELETE", f"/v1/users/{name}")
         assert status == 204, body
     assert a.api("DELETE", "/v1/users/nobody-at-all")[0] == 404
+
+
+def test_a_refused_caller_cannot_make_a_controller_take_an_upload(pair):
+    """A refusal on a shared store is decided again once the store is read (a role may have
+    been given through the other controller a moment ago), but an upload is refused at once:
+    a user with no role in the space is answered as soon as its head is read, without skiffd
+    waiting for (or taking) its body."""
+    a, b = pair
+    assert b.api("POST", "/v1/users", {"name": "uploader", "password": "an upload password"})[0] == 201
+    status, tok = login(a, "uploader", "an upload password")
+    assert status == 200, tok
+    host, port = a.api_url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"PUT /v1/apps/up/bits?space=default/dev HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer " + tok["access_token"].encode() + b"\r\n"
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 100000000\r\n"
+                  b"\r\n" + b"x" * 1024)
+        answer = s.recv(4096).decode(errors="replace")  # before the rest of the body
+    assert answer.split(" ")[1] in ("403", "404"), answer
+    status, apps = a.api("GET", "/v1/apps?space=default/dev")
+    assert status == 200 and "up" not in [x["name"] for x in apps["apps"]], apps
 
 
 def test_made_up_tokens_cost_no_read_of_the_store(pair):

@@ -89,31 +89,39 @@ static struct auth_principal as_user(struct fixture *fx, const char *name)
 /* The tokens' key of skiffds sharing a store (the store keeps it: services_shared_key). */
 static const unsigned char SHARED_TOKEN_KEY[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
 
-/* auth_catch_up_denied_async, waited for (reaping st, 20 s at most): whether the copy was
- * read again (the refusal is to be decided again). */
-struct denied_wait {
+/* What a queued call told its callback. */
+struct refreshed {
     bool done;
     int rc;
+    char access[AUTH_TOKEN_TEXT_MAX];
 };
 
-static void denied_done(void *ctx, int rc)
+static void note_landed(void *ctx, int rc)
 {
-    struct denied_wait *w = ctx;
-    w->done = true;
-    w->rc = rc;
+    struct refreshed *r = ctx;
+    r->done = true;
+    r->rc = rc;
 }
 
-static bool denied(struct auth *x, struct store *st)
+/* Reaps st until *flag is set, for at most 20 s. */
+static void reap_until(struct store *st, const bool *flag)
 {
-    struct denied_wait w = {0};
-    if (auth_catch_up_denied_async(x, denied_done, &w) != 0)
-        return false;
-    for (int i = 0; i < 2000 && !w.done; i++) {
+    for (int i = 0; i < 2000 && !*flag; i++) {
         store_async_reap(st);
-        if (!w.done)
+        if (!*flag)
             usleep(10 * 1000);
     }
-    assert_true(w.done);
+    assert_true(*flag);
+}
+
+/* auth_catch_up_denied_async, waited for: whether the copy was read again (the refusal is to
+ * be decided again). */
+static bool denied(struct auth *x, struct store *st)
+{
+    struct refreshed w = {0};
+    if (auth_catch_up_denied_async(x, note_landed, &w) != 0)
+        return false;
+    reap_until(st, &w.done);
     return w.rc == 1;
 }
 
@@ -669,12 +677,6 @@ static void two_close(struct two *t)
     free(t->url);
 }
 
-struct refreshed {
-    bool done;
-    int rc;
-    char access[AUTH_TOKEN_TEXT_MAX];
-};
-
 static void note_refreshed(void *ctx, int rc, const char *user, const char *access,
                            const char *refresh)
 {
@@ -697,17 +699,6 @@ static void reap_both(struct two *t, const bool *x, const bool *y)
             usleep(10 * 1000);
     }
     assert_true(*x && *y);
-}
-
-/* Reaps st until *flag is set, for at most 20 s. */
-static void reap_until(struct store *st, const bool *flag)
-{
-    for (int i = 0; i < 2000 && !*flag; i++) {
-        store_async_reap(st);
-        if (!*flag)
-            usleep(10 * 1000);
-    }
-    assert_true(*flag);
 }
 
 /* A refresh token sent to two skiffds at the same moment, both copies holding it, is good
@@ -739,13 +730,6 @@ static void test_a_refresh_token_is_good_once_across_two_stores(void **state)
         assert_int_equal(auth_refresh(t.b, refresh, user, a2, r2), -ENOENT);
     }
     two_close(&t);
-}
-
-static void note_landed(void *ctx, int rc)
-{
-    struct refreshed *r = ctx;
-    r->done = true;
-    r->rc = rc;
 }
 
 /* A change is in memory at once and its writes queued: auth_landed hears once they are made,
