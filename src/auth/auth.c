@@ -53,7 +53,6 @@ struct auth {
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
     char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
     struct auth_reloading *reloads; /* reads of every kind under way (auth__reload_async) */
-    bool catching_up;               /* one of them is auth_catch_up_async's */
     uint64_t changes; /* writes queued and reloads made here: an older read lacks them */
     /* signs the tokens made here (auth_set_token_key: on a shared store, every skiffd's) */
     unsigned char token_key[crypto_auth_hmacsha256_KEYBYTES];
@@ -2576,7 +2575,6 @@ static void auth__swap(struct auth *a, struct auth *b)
     memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
     memcpy(a->token_key, t.token_key, sizeof a->token_key);
     a->reloads = t.reloads;
-    a->catching_up = t.catching_up;
     a->changes = t.changes;
     b->reloads = NULL;
     a->catch_up_rate = t.catch_up_rate;
@@ -2633,13 +2631,17 @@ int auth_catch_up(struct auth *a)
 
 /* An auth_catch_up_async under way: the generation's read, then every kind's, queued on the
  * store's writer; its callbacks run on the caller's loop. */
+/* What a reloading is for: every kind read again (after a miss found in the store), or first
+ * the generation record, read for auth_catch_up_async or for auth_catch_up_denied_async (where
+ * the value this skiffd wrote last is no reason to read again). */
+enum auth_reload_kind { AUTH_RELOAD_KINDS, AUTH_RELOAD_CATCH_UP, AUTH_RELOAD_REFUSAL };
+
 struct auth_reloading {
     struct auth_reloading *next; /* in a->reloads */
     struct auth *a;     /* NULL once auth_free ran: the reads still report here */
     struct auth *fresh; /* the copy being read */
-    char *generation;   /* the record read (auth_catch_up_async's), else NULL */
-    bool catching_up;   /* auth_catch_up_async's */
-    bool denied;        /* auth_catch_up_denied_async's: the record this skiffd wrote is old */
+    char *generation;   /* the record read (not for AUTH_RELOAD_KINDS), else NULL */
+    enum auth_reload_kind kind;
     uint64_t news;      /* store_doc_news_kind of the generation before its read */
     uint64_t changes;   /* a->changes when the kinds' reads were queued */
     int pending, rc;    /* reads still to report; the first failure */
@@ -2658,8 +2660,6 @@ static void auth__reloading_end(struct auth_reloading *r, int rc)
             *pp = r->next;
             break;
         }
-    if (a && r->catching_up)
-        a->catching_up = false;
     auth_free(r->fresh);
     free(r->generation);
     if (r->done)
@@ -2756,8 +2756,9 @@ static void auth__generation_read(void *ctx, int rc, const char *json)
     }
     r->generation = xstrdup(rc == -ENOENT || !json ? "" : json);
     bool own = false;
-    if (r->denied) { /* last written here: a user alternating changes of their own with
-                      * refused requests would otherwise make each refusal a reload */
+    if (r->kind ==
+        AUTH_RELOAD_REFUSAL) { /* last written here: a user alternating changes of their own with
+                                * refused requests would otherwise make each refusal a reload */
         json_t *o = json_loads(r->generation, 0, NULL);
         const char *value = json_string_value(json_object_get(o, "generation"));
         own = value && !strcmp(value, a->own_generation);
@@ -2806,15 +2807,15 @@ static bool auth__generation_queue(struct auth_reloading *r)
 
 int auth_catch_up_async(struct auth *a, auth_done_fn *done, void *ctx)
 {
-    if (a->catching_up) /* news meanwhile is seen by the next call */
-        return -EALREADY;
+    for (struct auth_reloading *q = a->reloads; q; q = q->next)
+        if (q->kind == AUTH_RELOAD_CATCH_UP) /* news meanwhile is seen by the next call */
+            return -EALREADY;
     uint64_t news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
     if (a->generation && news == a->generation_news && store_feed_fd(a->store) >= 0)
         return 0;
     struct auth_reloading *r = auth__reloading_new(a, done, ctx);
     r->news = news;
-    r->catching_up = true;
-    a->catching_up = true;
+    r->kind = AUTH_RELOAD_CATCH_UP;
     return auth__generation_queue(r) ? 1 : -EIO;
 }
 
@@ -2824,7 +2825,7 @@ int auth_catch_up_denied_async(struct auth *a, auth_done_fn *done, void *ctx)
         return -ENOENT;
     struct auth_reloading *r = auth__reloading_new(a, done, ctx);
     r->news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
-    r->denied = true;
+    r->kind = AUTH_RELOAD_REFUSAL;
     return auth__generation_queue(r) ? 0 : -ENOENT;
 }
 

@@ -689,6 +689,16 @@ static void note_refreshed(void *ctx, int rc, const char *user, const char *acce
         snprintf(r->access, sizeof r->access, "%s", access);
 }
 
+/* A user made through x with a password of its own; the user as x's copy holds it. */
+static const struct auth_user *user_made(struct auth *x, const char *name)
+{
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(x, name, hash, false, &u), 0);
+    return u;
+}
+
 /* Reaps both stores until both flags are set, for at most 20 s. */
 static void reap_both(struct two *t, const bool *x, const bool *y)
 {
@@ -787,16 +797,14 @@ static void test_a_catch_up_off_the_loop_replaces_the_copy_once_its_reads_are_ba
     struct two t;
     two_open(&t);
     assert_int_equal(auth_catch_up(t.b), 1); /* the first call reads */
-    char hash[AUTH_PASSWORD_HASH_MAX];
-    assert_int_equal(auth_password_hash("a long password", hash), 0);
-    assert_int_equal(auth_user_create(t.a, "far", hash, false, NULL), 0);
+    user_made(t.a, "far");
     feed_fence(t.s2, t.s1);
     struct refreshed r = {0};
     assert_int_equal(auth_catch_up_async(t.b, note_landed, &r), 1);
     assert_int_equal(auth_catch_up_async(t.b, NULL, NULL), -EALREADY);
     assert_false(r.done);
     assert_null(auth_user_find(t.b, "far")); /* not yet: the reads are queued */
-    assert_int_equal(auth_user_create(t.b, "near", hash, false, NULL), 0); /* made meanwhile */
+    user_made(t.b, "near");                  /* made meanwhile */
     reap_until(t.s2, &r.done);
     assert_int_equal(r.rc, 1);
     assert_non_null(auth_user_find(t.b, "far"));
@@ -822,11 +830,7 @@ static void test_a_token_from_another_skiffd_is_read_with_the_copy_off_the_loop(
     two_open(&t);
     assert_int_equal(auth_catch_up(t.b), 1);
     char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
-    char hash[AUTH_PASSWORD_HASH_MAX];
-    assert_int_equal(auth_password_hash("a long password", hash), 0);
-    const struct auth_user *u = NULL;
-    assert_int_equal(auth_user_create(t.a, "newcomer", hash, false, &u), 0);
-    assert_int_equal(auth_login(t.a, u->guid, access, refresh), 0);
+    assert_int_equal(auth_login(t.a, user_made(t.a, "newcomer")->guid, access, refresh), 0);
     assert_int_equal(auth_wait(t.a), 0);
     feed_fence(t.s2, t.s1);
     struct auth_principal p;
