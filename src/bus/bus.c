@@ -302,9 +302,10 @@ static void bus__nats_drain_send(struct bus *bus, struct bus_drain *d)
     n->waits = xrealloc(n->waits, (n->n_waits + 1) * sizeof *n->waits);
     n->waits[n->n_waits++] = (struct bus_nats_wait){d->id, (int)live};
     d->waiting++;
+    /* with the version of the table without it: a router may get the two in either order */
     bus__nats_publish_json(bus, BUS_NATS_PREFIX "drain", n->drained_subject,
-                           json_pack("{s:i,s:s,s:I}", "v", BUS_NATS_VERSION, "addr", d->addr, "id",
-                                     (json_int_t)d->id));
+                           json_pack("{s:i,s:s,s:I,s:I}", "v", BUS_NATS_VERSION, "addr", d->addr,
+                                     "id", (json_int_t)d->id, "version", (json_int_t)bus->version));
 }
 
 /* A router's answer on our drained subject. */

@@ -135,6 +135,8 @@ struct router_nats_msg {
     struct sockaddr_storage addr; /* DRAIN */
     socklen_t addr_len;
     uint64_t drain_id;
+    char drain_addr[64];   /* DRAIN: the address as sent ("HOST:PORT") */
+    int64_t drain_version; /* DRAIN: the table version it follows (0: not said) */
     char domain[254]; /* CERTS with a pair: the domain ("" for the notice to reload alone) */
     json_t *pair;     /* CERTS with a pair: the message, its "cert" and "key" (a reference) */
     bool removed;     /* CERTS: the domain's certificate left the store (no pair) */

@@ -36,6 +36,9 @@
 #define ROUTER_NATS_DEFAULT_TTL_MS 30000
 #define ROUTER_NATS_MAX_ROUTES 100000
 #define ROUTER_NATS_MAX_DRAINS 1024
+/* A drain whose table never came whole goes to the workers after this long anyway (skiffd
+ * stops waiting for its answer at its drain timeout, 10 s by default). */
+#define ROUTER_NATS_DRAIN_WAIT_MS 30000
 
 struct rn_entry {
     char *key; /* host NUL path */
@@ -44,9 +47,17 @@ struct rn_entry {
     int64_t ttl_ms;
 };
 
+/* A drain request from skiffd: waiting for its table (below), then with the workers until
+ * they answer (router_nats_drained). */
 struct rn_drain {
     uint64_t id;
     char *reply;
+    bool waiting; /* not given to the workers yet: its table has not come whole */
+    int64_t version;
+    char addr_text[64];
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    int64_t came_ms; /* monotonic */
 };
 
 static struct {
@@ -70,6 +81,7 @@ static struct {
     pthread_mutex_t lock; /* drains: answered from workers */
     struct rn_drain drains[ROUTER_NATS_MAX_DRAINS];
     size_t n_drains;
+    size_t drains_waiting; /* of drains, those waiting for their table (main thread) */
 } rn = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- parsing (pure, unit-tested with hostile input) ------------------------------------- */
@@ -196,6 +208,11 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
     } else if (kind == ROUTER_NATS_DRAIN) {
         if (router_bus_parse_drain(o, &out->addr, &out->addr_len, &out->drain_id, err, errsize) < 0)
             goto bad;
+        snprintf(out->drain_addr, sizeof out->drain_addr, "%s",
+                 json_string_value(json_object_get(o, "addr")));
+        json_t *version = json_object_get(o, "version");
+        if (json_is_integer(version) && json_integer_value(version) > 0)
+            out->drain_version = json_integer_value(version);
     } else if (kind == ROUTER_NATS_CERTS && json_object_get(o, "domain")) {
         if (rn__parse_pair(o, out, err, errsize) < 0) {
             snprintf(err + strlen(err), errsize - strlen(err), " (%s)", subject);
@@ -343,6 +360,91 @@ static void rn__on_coalesced(uv_timer_t *t)
     rn__publish();
 }
 
+/* ---- drains ------------------------------------------------------------------------------ */
+
+/* Whether a route this router knows has addr (as skiffd wrote it) among its backends. */
+static bool rn__routes_to(const char *addr)
+{
+    for (size_t i = 0; i < rn.n; i++) {
+        size_t k;
+        json_t *b;
+        json_array_foreach(json_object_get(rn.entries[i].route, "backends"), k, b)
+        {
+            const char *a = json_string_value(json_object_get(b, "addr"));
+            if (a && !strcmp(a, addr))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Whether drain d's table is here: the version it follows (or a newer one) came whole, or no
+ * route has its address any more. skiffd sends the table before the drain, but the two come
+ * on different subscriptions, which libnats delivers on threads of their own: a drain can
+ * come first, and answered then, new requests would still go to the instance it stops. */
+static bool rn__drain_ready(const struct rn_drain *d, int64_t now)
+{
+    return (d->version > 0 && d->version <= rn.whole_version) || !rn__routes_to(d->addr_text) ||
+           now - d->came_ms >= ROUTER_NATS_DRAIN_WAIT_MS;
+}
+
+/* Gives the workers each waiting drain whose table is here, the table served first (a change
+ * waiting for its pace is published now): they answer once nothing is in flight to it. */
+static void rn__drains_start(void)
+{
+    int64_t now = time_mono_ms();
+    while (rn.drains_waiting > 0) {
+        struct rn_drain go;
+        bool found = false;
+        pthread_mutex_lock(&rn.lock);
+        for (size_t i = 0; i < rn.n_drains && !found; i++) {
+            struct rn_drain *d = &rn.drains[i];
+            if (d->waiting && rn__drain_ready(d, now)) {
+                d->waiting = false;
+                go = *d;
+                found = true;
+            }
+        }
+        pthread_mutex_unlock(&rn.lock);
+        if (!found)
+            return;
+        rn.drains_waiting--;
+        if (now - go.came_ms >= ROUTER_NATS_DRAIN_WAIT_MS)
+            log_warning("bus: drain %llu of %s: its table (version %lld) did not come whole "
+                        "within %d ms; drained with the table this router has",
+                        (unsigned long long)go.id, go.addr_text, (long long)go.version,
+                        ROUTER_NATS_DRAIN_WAIT_MS);
+        if (uv_is_active((uv_handle_t *)&rn.coalesce)) {
+            uv_timer_stop(&rn.coalesce);
+            rn__publish();
+        }
+        router_proxy_drain(&go.addr, go.addr_len, go.id);
+    }
+}
+
+/* A drain request: it waits for its table (rn__drain_ready), then for the workers. */
+static void rn__drain_came(const struct router_nats_msg *m, const char *reply)
+{
+    pthread_mutex_lock(&rn.lock);
+    bool room = rn.n_drains < ROUTER_NATS_MAX_DRAINS;
+    if (room) {
+        struct rn_drain *d = &rn.drains[rn.n_drains++];
+        *d = (struct rn_drain){.id = m->drain_id,
+                               .reply = xstrdup(reply),
+                               .waiting = true,
+                               .version = m->drain_version,
+                               .addr = m->addr,
+                               .addr_len = m->addr_len,
+                               .came_ms = time_mono_ms()};
+        snprintf(d->addr_text, sizeof d->addr_text, "%s", m->drain_addr);
+    }
+    pthread_mutex_unlock(&rn.lock);
+    if (room) {
+        rn.drains_waiting++;
+        rn__drains_start();
+    }
+}
+
 /* The table changed: publish it soon. */
 static void rn__changed(void)
 {
@@ -371,6 +473,7 @@ static void rn__on_prune(uv_timer_t *t)
         }
     if (changed)
         rn__changed();
+    rn__drains_start(); /* a pruned route's, or one that waited too long */
 }
 
 /* Logged once per subject (bounded), then skipped silently. */
@@ -464,6 +567,7 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
         if (rn__upsert(m.route, m.ttl_ms))
             rn__changed();
         rn__table_seen(m.table_version, m.table_count);
+        rn__drains_start();
         break;
     case ROUTER_NATS_UNREGISTER:
         for (size_t i = 0; i < rn.n; i++)
@@ -472,25 +576,14 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
                 rn__changed();
                 break;
             }
+        rn__drains_start();
         break;
     case ROUTER_NATS_DRAIN:
         if (!reply) {
             rn__log_once(subject, "a drain request without a reply subject");
             break;
         }
-        pthread_mutex_lock(&rn.lock);
-        bool room = rn.n_drains < ROUTER_NATS_MAX_DRAINS;
-        if (room)
-            rn.drains[rn.n_drains++] = (struct rn_drain){m.drain_id, xstrdup(reply)};
-        pthread_mutex_unlock(&rn.lock);
-        /* skiffd sent the table without the instance first: it must be served before the
-         * drain is answered, or a new request could still pick the instance */
-        if (uv_is_active((uv_handle_t *)&rn.coalesce)) {
-            uv_timer_stop(&rn.coalesce);
-            rn__publish();
-        }
-        if (room)
-            router_proxy_drain(&m.addr, m.addr_len, m.drain_id);
+        rn__drain_came(&m, reply);
         break;
     case ROUTER_NATS_CERTS:
         if (m.removed)
@@ -626,7 +719,7 @@ bool router_nats_drained(uint64_t id)
     char *reply = NULL;
     pthread_mutex_lock(&rn.lock);
     for (size_t i = 0; i < rn.n_drains; i++)
-        if (rn.drains[i].id == id) {
+        if (rn.drains[i].id == id && !rn.drains[i].waiting) {
             reply = rn.drains[i].reply;
             rn.drains[i] = rn.drains[--rn.n_drains];
             break;
@@ -665,4 +758,5 @@ void router_nats_stop(void)
     for (size_t i = 0; i < rn.n_drains; i++)
         free(rn.drains[i].reply);
     rn.n_drains = 0;
+    rn.drains_waiting = 0;
 }

@@ -53,6 +53,36 @@ def postgres_server_pids(pg_dir):
     return [master] + [int(p) for p in out.split()]
 
 
+def _threads_stopped(pid):
+    """Whether every thread of pid is stopped (state T or t); a process that ended is too."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return True
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+def stop_processes(pids):
+    """SIGSTOP to each of pids, then waits until every thread of each is stopped. kill()
+    returns before that: one thread takes the signal and stops the others, so a many-threaded
+    server (nats-server) can still answer a request that comes in the meantime."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # ended since it was listed (a backend of psql's, say)
+            pass
+    wait_for(lambda: all(_threads_stopped(pid) for pid in pids), 10,
+             "the stopped processes' threads to stop", interval=0.005)
+
+
 def read_pid_file(path):
     """The pid in a pid file of skiffd's run/ ("PID" or, for instances, "PID STARTTIME")."""
     with open(path) as f:

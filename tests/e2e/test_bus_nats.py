@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -116,13 +117,14 @@ def nats_platform(nats):
                                "SKIFF_BUS_TTL_MS": str(TTL_MS)})
 
 
-def nats_publish(nats, subject, payload):
+def nats_publish(nats, subject, payload, reply=None):
     """Publishes on NATS core with the plain text protocol (no client library needed)."""
     with socket.create_connection(("127.0.0.1", nats.port), timeout=5) as s:
         s.recv(4096)  # INFO
         data = payload if isinstance(payload, bytes) else payload.encode()
+        head = subject if reply is None else "%s %s" % (subject, reply)
         s.sendall(b"CONNECT {\"verbose\":false}\r\nPUB %s %d\r\n%s\r\nPING\r\n"
-                  % (subject.encode(), len(data), data))
+                  % (head.encode(), len(data), data))
         got = b""
         while b"PONG" not in got:
             chunk = s.recv(4096)
@@ -225,7 +227,7 @@ def test_a_rolling_push_fails_no_request_through_the_remote_router(nats, tmp_pat
                 wait_for(lambda: traffic.answered() > before + 20, 30, what="traffic after")
         print("%d requests through the remote router, %d failed" % (traffic.answered(),
                                                                     len(traffic.failures)))
-        assert traffic.failures == [], traffic.failures[:10]
+        assert traffic.failures == [], (traffic.failures[:10], rr.output())
         assert {"v0", "v1", "v2"} <= traffic.seen, traffic.seen
     finally:
         rr.close()
@@ -283,6 +285,99 @@ def test_an_instance_cannot_reach_nats(nats):
                   "an instance must not reach the NATS server")
     finally:
         p.close()
+
+
+class Backend:
+    """An HTTP server on loopback that answers every GET with its name."""
+
+    def __init__(self, name):
+        body = (name + "\n").encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = "127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def never_within(cond, seconds):
+    """True when cond() stayed false for seconds (what must not happen, looked for that long)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return False
+        time.sleep(0.02)
+    return not cond()
+
+
+def test_a_drain_that_comes_before_its_table_waits_for_it(nats):
+    """skiffd sends the table without an instance, then the drain of that instance; a router
+    gets the two on different subscriptions, which libnats delivers on threads of their own, so
+    the drain can come first. Answered then, the instance would stop while new requests still
+    go to it (502s in a rolling push). So a drain is answered only once the table version it
+    follows came whole, or once no route has its address. Here the messages are sent by hand
+    in the bad order: the drain first, then its table."""
+    a, b = Backend("a"), Backend("b")
+    rr = RemoteRouter(nats.url).start()
+    sniffer = Sniffer(nats)
+    sniffer.start()
+
+    def register(version, backend):
+        nats_publish(nats, "skiff.bus.register", json.dumps(
+            {"v": 1, "ttl_ms": 30000, "version": version, "count": 1,
+             "route": {"host": "order.localhost", "path": "", "app_guid": "1" * 36,
+                       "backends": [{"addr": backend.addr}]}}))
+
+    def drain(drain_id, backend, **more):
+        nats_publish(nats, "skiff.bus.drain",
+                     json.dumps({"v": 1, "addr": backend.addr, "id": drain_id, **more}),
+                     reply="skiff.bus.drained.by-hand")
+
+    def answered(drain_id):
+        return ('"type":"drained","id":%d' % drain_id).encode() in sniffer.data
+
+    try:
+        wait_for(lambda: b"PONG" in sniffer.data, 5, "the sniffer's subscription")
+        register(100, a)
+        wait_for(lambda: rr.get("order.localhost") == (200, "a\n"), 10, "a served")
+        drain(5, a, version=101)
+        assert never_within(lambda: answered(5), 1.0), rr.output()
+        assert rr.get("order.localhost") == (200, "a\n")  # still its table's only instance
+        register(101, b)
+        wait_for(lambda: answered(5), 10, "the drain's answer once its table came")
+        for _ in range(10):  # answered: the table without a is served
+            assert rr.get("order.localhost") == (200, "b\n")
+
+        # an older skiffd's drain, without a version: it waits until no route has its address
+        drain(6, b)
+        assert never_within(lambda: answered(6), 1.0), rr.output()
+        nats_publish(nats, "skiff.bus.unregister",
+                     json.dumps({"v": 1, "host": "order.localhost", "path": ""}))
+        wait_for(lambda: answered(6), 10, "the drain's answer once the route went")
+        assert rr.get("order.localhost")[0] == 404
+        # a drain of an address no route has is answered at once
+        drain(7, a, version=1)
+        wait_for(lambda: answered(7), 10, "the answer to a drain of nothing routed")
+    finally:
+        sniffer.stop()
+        rr.close()
+        a.close()
+        b.close()
 
 
 def test_a_request_in_flight_through_the_remote_router_finishes_before_its_instance_stops(

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Platform, free_port, wait_for
+from conftest import Platform, free_port, stop_processes, wait_for
 from controllers import leader_and_follower, leading, needs_postgres, pg_dir  # noqa: F401
 from test_fabric_crash import crash_rounds, read_all
 
@@ -360,7 +360,7 @@ def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_pat
         publish_and_wait(p, "paused", [0])
         assert replies_by_id(p, "paused-done") == {0: 1}
 
-        nats.proc.send_signal(signal.SIGSTOP)
+        stop_processes([nats.proc.pid])
         fabric_calls = {
             "publish": lambda: publish(p, "paused", {"n": 1}),
             "publish-new-topic": lambda: publish(p, "paused-fresh", {"n": 1}),
@@ -396,7 +396,7 @@ def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp
         assert status == 200, body
         mapping = body["event_mappings"][0]["id"]
 
-        nats.proc.send_signal(signal.SIGSTOP)
+        stop_processes([nats.proc.pid])
         seeks = {
             "read-from-time": lambda: p.api("GET", "/v1/topics/seek/events?from=1h&follow=0"),
             "replay-since-time": lambda: p.api(

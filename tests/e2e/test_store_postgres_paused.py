@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import WEB_APP, Platform, deploy_bits, postgres_server_pids, throwaway_postgres
+from conftest import (WEB_APP, Platform, deploy_bits, postgres_server_pids, stop_processes,
+                      throwaway_postgres)
 from controllers import cells, leader_and_follower, psql
 
 
@@ -23,11 +24,7 @@ def pg_dir():
 
 
 def pause(pids):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:  # a backend that ended since it was listed (psql's)
-            pass
+    stop_processes(pids)
 
 
 def resume(pids):

@@ -93,6 +93,26 @@ static void test_what_skiffd_sends_is_read(void **state)
         0);
     assert_int_equal(m.kind, ROUTER_NATS_DRAIN);
     assert_int_equal(m.drain_id, 9);
+    assert_string_equal(m.drain_addr, "127.0.0.1:61001");
+    assert_int_equal(m.drain_version, 0); /* an older skiffd's: no version */
+
+    /* the version of the table without the instance: the drain waits for it */
+    assert_int_equal(parse_text("skiff.bus.drain",
+                                "{\"v\":1,\"addr\":\"10.0.0.3:8080\",\"id\":4,\"version\":77}", &m,
+                                err),
+                     0);
+    assert_int_equal(m.drain_version, 77);
+    /* a version that is not a positive integer is not one: the address alone decides */
+    assert_int_equal(parse_text("skiff.bus.drain",
+                                "{\"v\":1,\"addr\":\"10.0.0.3:8080\",\"id\":4,\"version\":-2}", &m,
+                                err),
+                     0);
+    assert_int_equal(m.drain_version, 0);
+    assert_int_equal(parse_text("skiff.bus.drain",
+                                "{\"v\":1,\"addr\":\"10.0.0.3:8080\",\"id\":4,\"version\":\"9\"}",
+                                &m, err),
+                     0);
+    assert_int_equal(m.drain_version, 0);
 
     assert_int_equal(parse_text("skiff.bus.certs", "{\"v\":1}", &m, err), 0);
     assert_int_equal(m.kind, ROUTER_NATS_CERTS);
