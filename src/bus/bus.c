@@ -162,6 +162,14 @@ struct bus_nats {
     struct bus_nats_wait *waits;
     size_t n_waits;
     const char *speaking; /* the id of the router whose lines are being read, or NULL */
+    struct bus_certs_read *certs_read; /* the certificates' read under way, or NULL */
+    bool certs_again;                  /* asked for meanwhile: read once more after it */
+};
+
+/* The store's read of the certificates for the routers on NATS; bus NULL once the bus is
+ * freed (the answer is then dropped). */
+struct bus_certs_read {
+    struct bus *bus;
 };
 
 static void bus__nats_publish_json(struct bus *bus, const char *subject, const char *reply,
@@ -225,9 +233,9 @@ static void bus__nats_announce(struct bus *bus, const char *table)
         if (json_object_get(now, key))
             continue;
         bus__nats_publish_json(bus, BUS_NATS_PREFIX "unregister", NULL,
-                               json_pack("{s:i,s:O,s:O}", "v", BUS_NATS_VERSION, "host",
+                               json_pack("{s:i,s:O,s:O,s:I}", "v", BUS_NATS_VERSION, "host",
                                          json_object_get(gone, "host"), "path",
-                                         json_object_get(gone, "path")));
+                                         json_object_get(gone, "path"), "version", version));
     }
     json_decref(n->announced);
     n->announced = now;
@@ -914,17 +922,23 @@ static void bus__nats_certs_removed(struct bus *bus, char **names)
     n->cert_domains = now;
 }
 
-/* Routers on NATS get every domain's certificate and key from the store, one message each,
- * then the notice to reload: only over TLS, since a key must never cross a network in the
- * clear (docs/bus.md "Domain certificates"). A domain whose certificate was sent before and
- * is gone from the store is removed first. Over cleartext NATS the notice alone goes. */
-static void bus__nats_certs(struct bus *bus)
+/* The certificates as read (names, chains and keys in step; all NULL when the read failed)
+ * go to the routers on NATS, then the notice to reload (below). */
+static void bus__nats_certs_read(void *ctx, int rc, char **names, char **chains, char **keys)
 {
+    struct bus_certs_read *r = ctx;
+    struct bus *bus = r->bus;
+    free(r);
+    if (!bus)
+        return; /* the bus went meanwhile */
     struct bus_nats *n = bus->nats;
-    char **names = NULL;
+    n->certs_read = NULL;
+    if (bus->closing)
+        return; /* its NATS connection is closed */
     bool send = natsconn_tls(n->conn);
-    if (store_domain_cert_list(bus->store, &names) < 0) {
-        log_error("bus: cannot read the domain certificates for the routers on NATS");
+    if (rc < 0) {
+        log_error("bus: cannot read the domain certificates for the routers on NATS: %s",
+                  skiff_strerror(rc));
         send = false; /* nothing is taken for removed when the store could not say */
     }
     if (!send && names && names[0] && !n->cleartext_logged) {
@@ -935,18 +949,35 @@ static void bus__nats_certs(struct bus *bus)
     }
     if (send)
         bus__nats_certs_removed(bus, names);
-    for (size_t i = 0; send && names[i]; i++) {
-        char *cert = NULL, *key = NULL;
-        if (store_domain_cert_get(bus->store, names[i], &cert, &key) == 0) {
-            bus__nats_cert_publish(bus, names[i], cert, key);
-            OPENSSL_cleanse(key, strlen(key));
-        }
-        free(cert);
-        free(key);
-    }
-    store_strv_free(names);
+    for (size_t i = 0; send && names[i]; i++)
+        bus__nats_cert_publish(bus, names[i], chains[i], keys[i]);
     bus__nats_publish_json(bus, BUS_NATS_PREFIX "certs", NULL,
                            json_pack("{s:i}", "v", BUS_NATS_VERSION));
+    if (n->certs_again) {
+        n->certs_again = false;
+        bus__nats_certs(bus);
+    }
+}
+
+/* Routers on NATS get every domain's certificate and key from the store, one message each,
+ * then the notice to reload: only over TLS, since a key must never cross a network in the
+ * clear (docs/bus.md "Domain certificates"). A domain whose certificate was sent before and
+ * is gone from the store is removed first. Over cleartext NATS the notice alone goes. The
+ * store reads them through its writer (on PostgreSQL, a round trip the loop does not wait
+ * for); asked again while a read is under way, it reads once more after it. */
+static void bus__nats_certs(struct bus *bus)
+{
+    struct bus_nats *n = bus->nats;
+    if (n->certs_read) {
+        n->certs_again = true;
+        return;
+    }
+    struct bus_certs_read *r = xcalloc(1, sizeof *r);
+    r->bus = bus;
+    n->certs_read = r;
+    int rc = store_domain_cert_pairs_async(bus->store, bus__nats_certs_read, r);
+    if (rc < 0) /* refused at once (the store's queue is full): its callback is never called */
+        bus__nats_certs_read(r, rc, NULL, NULL, NULL);
 }
 
 void bus_certs_changed_cb(void *bus)
@@ -1368,6 +1399,8 @@ void bus_free(struct bus *bus)
         free(bus->nats->table);
         json_decref(bus->nats->announced);
         json_decref(bus->nats->cert_domains);
+        if (bus->nats->certs_read) /* its answer comes to no one */
+            bus->nats->certs_read->bus = NULL;
         free(bus->nats->drained_subject);
         free(bus->nats->waits);
         free(bus->nats);

@@ -1319,12 +1319,6 @@ int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t from, store_done_
     return rc;
 }
 
-static int replay_collect(void *ctx, const char *id, const char *text)
-{
-    json_array_append_new(ctx, json_pack("{s:s, s:s}", "id", id, "text", text));
-    return 0;
-}
-
 /* A replay asked through another skiffd is off the store (op->id): carried out here. */
 static void replay_taken(void *ctx, int rc)
 {
@@ -1348,33 +1342,51 @@ static void replay_taken(void *ctx, int rc)
     free(op);
 }
 
-/* The leader, once a second: the replays asked through other skiffds, oldest first per
- * mapping (their ids sort by time). Each is taken off the store (the delete queued) before it
- * is carried out, so that it is carried out once; a delete still queued hides it from the
- * next read. */
-static void invoker_take_replays(struct invoker *inv)
+/* The replays asked through other skiffds, as read (ids and bodies in step, oldest first per
+ * mapping: their ids sort by time; NULL on a failure, read again at the next tick). Each is
+ * taken off the store (the delete queued) before it is carried out, so that it is carried
+ * out once; the next read, made in turn after the deletes, no longer sees it. */
+static void replays_read(void *ctx, int rc, char **ids, char **bodies)
 {
-    json_t *asked = json_array();
-    if (store_doc_each(inv->store, REPLAY_DOC_KIND, replay_collect, asked) < 0) {
-        json_decref(asked);
-        return;
+    struct inv_store_op *read = ctx;
+    struct invoker *inv = inv_store_op_take(read);
+    free(read);
+    if (inv) {
+        inv->replays_reading = false;
+        inv->replays_stale |= rc < 0;
     }
-    size_t i;
-    json_t *e;
-    json_array_foreach(asked, i, e)
-    {
-        const char *id = json_string_value(json_object_get(e, "id"));
-        json_t *doc = json_loads(json_string_value(json_object_get(e, "text")), 0, NULL);
+    bool on = inv && !inv->stopping && invoker_consumes(inv) && rc == 0;
+    for (size_t i = 0; on && ids[i]; i++) {
+        json_t *doc = json_loads(bodies[i], 0, NULL);
         const char *mapping = json_string_value(json_object_get(doc, "mapping"));
         json_t *offset = json_object_get(doc, "offset");
-        struct inv_store_op *op = inv_store_op_new(inv, id);
+        struct inv_store_op *op = inv_store_op_new(inv, ids[i]);
         snprintf(op->mapping, sizeof op->mapping, "%s", mapping ? mapping : "");
         op->offset = json_is_integer(offset) ? json_integer_value(offset) : -1;
-        if (store_doc_delete_async(inv->store, REPLAY_DOC_KIND, id, replay_taken, op) < 0)
+        if (store_doc_delete_async(inv->store, REPLAY_DOC_KIND, ids[i], replay_taken, op) < 0)
             replay_taken(op, -ECANCELED);
         json_decref(doc);
     }
-    json_decref(asked);
+    store_strv_free(ids);
+    store_strv_free(bodies);
+}
+
+/* The consumer (the leader, on a shared fabric), each tick: the replays asked through other
+ * skiffds are read when the change feed brought news of their kind since the last read (or
+ * that read failed, or this skiffd began consuming), one read at a time. The store's writer
+ * makes the read, in turn with the writes: on PostgreSQL the loop never waits for the server,
+ * which before was asked on the loop every second (a silent server stopped the API). */
+static void invoker_take_replays(struct invoker *inv)
+{
+    uint64_t news = store_doc_news_kind(inv->store, REPLAY_DOC_KIND);
+    if ((!inv->replays_stale && news == inv->replays_seen) || inv->replays_reading)
+        return;
+    inv->replays_stale = false;
+    inv->replays_seen = news;
+    inv->replays_reading = true;
+    struct inv_store_op *read = inv_store_op_new(inv, "replays");
+    if (store_doc_each_fresh_async(inv->store, REPLAY_DOC_KIND, replays_read, read) < 0)
+        replays_read(read, -EBUSY, NULL, NULL);
 }
 
 void invoker_op_done(struct invoker *inv)
@@ -1904,7 +1916,9 @@ void invoker_set_leading(struct invoker *inv, bool leading)
         return;
     }
     /* taking over a shared fabric: each mapping reads on from where the last leader's cursor
-     * is, which the fabric's first read as the consumer finds */
+     * is, which the fabric's first read as the consumer finds; the replays asked while
+     * another consumed are read at the next tick */
+    inv->replays_stale = true;
     for (struct inv_mapping *m = inv->mappings; m; m = m->next)
         if (!m->deleted)
             mapping_pump(m);
@@ -1966,6 +1980,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, struct 
                   char *err, size_t errsize)
 {
     struct invoker *inv = xcalloc(1, sizeof(*inv));
+    inv->replays_stale = true; /* what was asked before this skiffd started */
     inv->loop = svc->loop;
     inv->fabric = fabric;
     inv->scheduler = svc->scheduler;

@@ -156,6 +156,10 @@ struct invoker {
     bool stopping;
     int pending_ops; /* appends and commits whose callbacks are still to come */
     struct inv_store_op *store_ops; /* store writes whose callbacks are still to come */
+    /* the replays asked through other skiffds: a read of them under way; the replay kind's
+     * news when it was last read; read again at the next tick whatever the news */
+    bool replays_reading, replays_stale;
+    uint64_t replays_seen;
     int open_handles;
     void (*stop_done)(void *arg);
     void *stop_arg;

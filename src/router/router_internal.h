@@ -128,7 +128,7 @@ struct router_nats_msg {
     enum router_nats_kind kind;
     json_t *route;              /* REGISTER: the route object (a reference; router_nats_msg_free) */
     int64_t ttl_ms;             /* REGISTER: 100..3600000 */
-    int64_t table_version;      /* REGISTER: skiffd's table version (0: not said) */
+    int64_t table_version;      /* REGISTER, UNREGISTER: skiffd's table version (0: not said) */
     int64_t table_count;        /* REGISTER: how many routes that version has (1..) */
     json_t *draining;           /* REGISTER: the table's "draining" addresses (a reference) */
     char host[254], path[1025]; /* UNREGISTER */

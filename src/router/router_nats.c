@@ -45,6 +45,7 @@ struct rn_entry {
     json_t *route;
     int64_t expires_ms;
     int64_t ttl_ms;
+    int64_t version; /* skiffd's table version of its last register (0: not said) */
 };
 
 /* A drain request from skiffd: waiting for its table (below), then with the workers until
@@ -205,6 +206,9 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
         }
         snprintf(out->host, sizeof out->host, "%s", json_string_value(json_object_get(o, "host")));
         snprintf(out->path, sizeof out->path, "%s", json_string_value(json_object_get(o, "path")));
+        json_t *version = json_object_get(o, "version");
+        if (json_is_integer(version) && json_integer_value(version) > 0)
+            out->table_version = json_integer_value(version);
     } else if (kind == ROUTER_NATS_DRAIN) {
         if (router_bus_parse_drain(o, &out->addr, &out->addr_len, &out->drain_id, err, errsize) < 0)
             goto bad;
@@ -326,8 +330,8 @@ static void rn__publish(void)
 }
 
 /* Whether the table changed (a new route, or one announced differently); an announcement
- * of the same route only renews its time. */
-static bool rn__upsert(json_t *route, int64_t ttl_ms)
+ * of the same route only renews its time. version: the table's it came in (0: not said). */
+static bool rn__upsert(json_t *route, int64_t ttl_ms, int64_t version)
 {
     const char *host = json_string_value(json_object_get(route, "host"));
     const char *path = json_string_value(json_object_get(route, "path"));
@@ -348,6 +352,7 @@ static bool rn__upsert(json_t *route, int64_t ttl_ms)
     }
     e->ttl_ms = ttl_ms;
     e->expires_ms = time_mono_ms() + ttl_ms;
+    e->version = version;
     if (e->route && json_equal(e->route, route))
         return false;
     json_decref(e->route);
@@ -564,7 +569,7 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
             json_decref(rn.draining);
             rn.draining = json_incref(m.draining);
         }
-        if (rn__upsert(m.route, m.ttl_ms))
+        if (rn__upsert(m.route, m.ttl_ms, m.table_version))
             rn__changed();
         rn__table_seen(m.table_version, m.table_count);
         rn__drains_start();
@@ -572,6 +577,10 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
     case ROUTER_NATS_UNREGISTER:
         for (size_t i = 0; i < rn.n; i++)
             if (rn__key_eq(rn.entries[i].key, m.host, m.path)) {
+                /* a register of a newer table came first (another subscription's thread):
+                 * the route was mapped again since, and stays */
+                if (m.table_version > 0 && rn.entries[i].version > m.table_version)
+                    break;
                 rn__remove(i);
                 rn__changed();
                 break;
@@ -644,7 +653,7 @@ static void rn__seed(void)
         json_array_foreach(json_object_get(o, "routes"), i, r)
         {
             if (json_is_object(r) && rn__text(r, "host", 253) && rn__text(r, "path", 1024))
-                rn__upsert(r, ROUTER_NATS_DEFAULT_TTL_MS);
+                rn__upsert(r, ROUTER_NATS_DEFAULT_TTL_MS, 0);
         }
         json_decref(o);
     }

@@ -2721,12 +2721,40 @@ static void connect_wait_arm(struct exchange *x)
     client_set_deadline(x->c, D_CONNECT, x->connect_due > now ? (int)(x->connect_due - now) : 0);
 }
 
+/* A request on its way again (its connect or its pooled connection failed) goes by the
+ * worker's newest table, not the one it came with: an instance drained since has left that
+ * table (and may be stopping), a new one may have come. The instances it tried carry over by
+ * address. It keeps its table when its route went, or went to another app. */
+static void exchange_follow_table(struct exchange *x)
+{
+    struct worker *w = x->c->p.w;
+    struct table_hold *h = worker_table(w);
+    if (x->hold == h)
+        return;
+    const char *url = x->req.raw.data + x->url_off;
+    struct route *r =
+        route_table_lookup(h->table, x->req.raw.data + x->host_off, x->host_len, url, x->url_len);
+    if (!r || r->backend_count == 0 || strcmp(r->app_guid, x->route->app_guid) != 0)
+        return;
+    for (int i = 0; i < x->attempts; i++) {
+        struct route_backend *same = NULL;
+        for (size_t k = 0; k < r->backend_count && !same && x->tried[i]; k++)
+            if (r->backends[k].mark == x->tried[i]->mark) /* one mark per address */
+                same = &r->backends[k];
+        x->tried[i] = same;
+    }
+    table_hold_release(w, x->hold);
+    x->hold = table_hold_take(h);
+    x->route = r;
+}
+
 static void connect_backend(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->p.w;
     exchange_drop_hedges(x);
     exchange_release_backend(x);
+    exchange_follow_table(x);
     struct route_backend *b = route_pick_backend(x->route, &x->hold->cursors[x->route->index],
                                                  x->tried, (size_t)x->attempts);
     if (!b || x->attempts >= ROUTER_MAX_ATTEMPTS) {

@@ -644,6 +644,13 @@ void store_strv_free(char **v)
     free(v);
 }
 
+void store_strv_free_wiped(char **v)
+{
+    for (char **p = v; p && *p; p++)
+        OPENSSL_cleanse(*p, strlen(*p));
+    store_strv_free(v);
+}
+
 void store_package_free(struct store_package *pkg)
 {
     if (!pkg)
@@ -759,6 +766,7 @@ void store_write_free(struct store_write *w)
         OPENSSL_cleanse(w->key_pem, strlen(w->key_pem));
     free(w->key_pem);
     store_strv_free(w->chains);
+    store_strv_free_wiped(w->keys);
     free(w->audit.space_guid);
     free(w->audit.org_guid);
     free(w->audit.target);
@@ -1025,6 +1033,7 @@ static int store__write_now(struct store *st, struct store_write *w)
     case STORE_WRITE_CERT_SET:
     case STORE_WRITE_CERT_DELETE:
     case STORE_READ_CERT_CHAINS:
+    case STORE_READ_CERT_PAIRS:
     case STORE_READ_AUDIT:
         rc = store__domain_write_now(st, w);
         break;
@@ -1335,6 +1344,9 @@ static bool store__domain_write_name(const struct store_write *w, char *buf, siz
     case STORE_READ_CERT_CHAINS:
         snprintf(buf, size, "read of the domains' certificates");
         return true;
+    case STORE_READ_CERT_PAIRS:
+        snprintf(buf, size, "read of the domains' certificates and keys");
+        return true;
     case STORE_READ_AUDIT:
         snprintf(buf, size, "read of the audit events");
         return true;
@@ -1346,6 +1358,17 @@ static bool store__domain_write_name(const struct store_write *w, char *buf, siz
 /* The reads' outcomes go to their own callbacks (what was read passed on, NULL on a failure). */
 static bool store__domain_write_report(struct store_write *w)
 {
+    if (w->op == STORE_READ_CERT_PAIRS) {
+        bool ok = w->rc == 0;
+        if (w->done_cert_pairs)
+            w->done_cert_pairs(w->ctx, w->rc, ok ? w->refs : NULL, ok ? w->chains : NULL,
+                               ok ? w->keys : NULL);
+        store_strv_free(w->refs);
+        store_strv_free(w->chains);
+        store_strv_free_wiped(w->keys);
+        w->refs = w->chains = w->keys = NULL;
+        return true;
+    }
     if (w->op == STORE_READ_CERT_CHAINS || w->op == STORE_READ_DOC_EACH) {
         char **names = w->rc < 0 ? NULL : w->refs, **values = w->rc < 0 ? NULL : w->chains;
         if (w->rc < 0) {
@@ -1377,7 +1400,8 @@ static bool store__domain_write_report(struct store_write *w)
     return false;
 }
 
-/* Every domain's chain, by name: the list, then each one's read (a backend's sync calls). */
+/* Every domain's chain (and key, for STORE_READ_CERT_PAIRS), by name: the list, then each
+ * one's read (a backend's sync calls). */
 static int store__cert_chains_now(struct store *st, struct store_write *w)
 {
     int rc = st->ops->domain_cert_list(st->backend, &w->refs);
@@ -1386,11 +1410,14 @@ static int store__cert_chains_now(struct store *st, struct store_write *w)
     size_t n = 0;
     while (w->refs[n])
         n++;
+    bool keys = w->op == STORE_READ_CERT_PAIRS;
     w->chains = xcalloc(n + 1, sizeof *w->chains);
+    if (keys)
+        w->keys = xcalloc(n + 1, sizeof *w->keys);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        char *chain = NULL;
-        rc = st->ops->domain_cert_get(st->backend, w->refs[i], &chain, NULL);
+        char *chain = NULL, *key = NULL;
+        rc = st->ops->domain_cert_get(st->backend, w->refs[i], &chain, keys ? &key : NULL);
         if (rc == -ENOENT) { /* removed in between */
             free(w->refs[i]);
             continue;
@@ -1402,6 +1429,8 @@ static int store__cert_chains_now(struct store *st, struct store_write *w)
             return rc;
         }
         w->refs[kept] = w->refs[i];
+        if (keys)
+            w->keys[kept] = key;
         w->chains[kept++] = chain;
     }
     w->refs[kept] = NULL;
@@ -1421,6 +1450,7 @@ static int store__domain_write_now(struct store *st, struct store_write *w)
     case STORE_WRITE_CERT_DELETE:
         return st->ops->domain_cert_delete(st->backend, w->id);
     case STORE_READ_CERT_CHAINS:
+    case STORE_READ_CERT_PAIRS:
         return store__cert_chains_now(st, w);
     case STORE_READ_AUDIT:
         return st->ops->audit_list(st->backend, q->space_guid, q->org_guid, q->target, q->before_id,
@@ -1491,6 +1521,13 @@ int store_domain_cert_chains_async(struct store *st, store_pairs_fn *done, void 
 {
     struct store_write *w = store_write_new(STORE_READ_CERT_CHAINS, NULL, NULL, NULL, NULL, ctx);
     w->done_pairs = done;
+    return store__queue(st, w);
+}
+
+int store_domain_cert_pairs_async(struct store *st, store_cert_pairs_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_CERT_PAIRS, NULL, NULL, NULL, NULL, ctx);
+    w->done_cert_pairs = done;
     return store__queue(st, w);
 }
 

@@ -326,6 +326,8 @@ int store_domain_cert_list(struct store *st, char ***domains);
 /* Removes a domain's certificate and key; -ENOENT when it had none. */
 int store_domain_cert_delete(struct store *st, const char *domain);
 void store_strv_free(char **v);
+/* store_strv_free of strings that are secrets: each wiped first. */
+void store_strv_free_wiped(char **v);
 
 /* ---- packages and droplets ---------------------------------------------------------------- */
 
@@ -598,6 +600,12 @@ int store_doc_update_async(struct store *st, const char *kind, const char *id, c
  * store_strv_free (NULL on a failure). */
 typedef void store_pairs_fn(void *ctx, int rc, char **names, char **values);
 int store_domain_cert_chains_async(struct store *st, store_pairs_fn *done, void *ctx);
+/* store_domain_cert_pairs_async: every domain that has a certificate of its own, by name, with
+ * its chain and its key (for the routers on NATS, src/bus), read from the database each time
+ * (no copy of a key is kept). The three lists are NULL-terminated, in step, and the store's:
+ * valid during the call only, the keys wiped after it (all NULL on a failure). */
+typedef void store_cert_pairs_fn(void *ctx, int rc, char **names, char **chains, char **keys);
+int store_domain_cert_pairs_async(struct store *st, store_cert_pairs_fn *done, void *ctx);
 /* store_audit_list's read (the same filters): done gets the events (the callback's to
  * store_audit_list_free; NULL and 0 on a failure). */
 typedef void store_audit_fn(void *ctx, int rc, struct store_audit_event *list, size_t n);

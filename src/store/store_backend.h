@@ -65,6 +65,8 @@ enum store_write_op {
     STORE_WRITE_DOC_REPLACE, /* store_doc_replace(_async): kind, id, expected, json */
     STORE_READ_DOC_FRESH,    /* store_doc_get_fresh_async: kind, id; json gets what was read */
     STORE_READ_DOC_EACH,     /* store_doc_each_fresh_async: kind; ids into refs, bodies chains */
+    /* store_domain_cert_pairs_async: domains into refs, chains into chains, keys into keys */
+    STORE_READ_CERT_PAIRS,
 };
 struct store_write {
     enum store_write_op op;
@@ -94,9 +96,11 @@ struct store_write {
     /* STORE_READ_CERT_CHAINS: the chains of the domains in refs; STORE_READ_DOC_EACH: the
      * bodies of the documents whose ids are in refs (n_pairs of each) */
     char **chains;
+    char **keys; /* STORE_READ_CERT_PAIRS: the domains' keys (wiped when freed) */
     size_t n_pairs;
     uint64_t asked_at; /* STORE_READ_CERT_CHAINS (store_pg): its copy's generation when queued */
     store_pairs_fn *done_pairs;
+    store_cert_pairs_fn *done_cert_pairs; /* STORE_READ_CERT_PAIRS */
     struct store_audit_query {
         char *space_guid, *org_guid, *target;
         int64_t before_id;

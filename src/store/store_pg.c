@@ -2048,6 +2048,31 @@ static int pg__cert_chains_query(struct store_backend *b, struct store_write *w)
     return 0;
 }
 
+/* store_domain_cert_pairs_async's read: every domain's chain and key, by name (into refs,
+ * chains, keys); never kept in a copy. */
+static int pg__cert_pairs_query(struct store_backend *b, struct store_write *w)
+{
+    store_strv_free(w->refs); /* a try before a lost connection */
+    store_strv_free(w->chains);
+    store_strv_free_wiped(w->keys);
+    w->refs = w->chains = w->keys = NULL;
+    PGresult *res = NULL;
+    if (pg__exec(b, "SELECT domain, cert, key FROM domain_certs ORDER BY domain COLLATE \"C\"", 0,
+                 NULL, &res) < 0)
+        return -EIO;
+    size_t n = (size_t)PQntuples(res);
+    w->refs = xcalloc(n + 1, sizeof *w->refs);
+    w->chains = xcalloc(n + 1, sizeof *w->chains);
+    w->keys = xcalloc(n + 1, sizeof *w->keys);
+    for (size_t i = 0; i < n; i++) {
+        w->refs[i] = pg__text(res, (int)i, 0);
+        w->chains[i] = pg__text(res, (int)i, 1);
+        w->keys[i] = pg__text(res, (int)i, 2);
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int pg__audit_list(struct store_backend *b, const char *space_guid, const char *org_guid,
                           const char *target, int64_t before_id, size_t limit,
                           struct store_audit_event **out, size_t *n);
@@ -2067,6 +2092,8 @@ static int pg__domain_apply(struct store_backend *wb, struct store_write *w)
         return pg__domain_cert_delete_now(wb, w->id);
     case STORE_READ_CERT_CHAINS:
         return pg__cert_chains_query(wb, w);
+    case STORE_READ_CERT_PAIRS:
+        return pg__cert_pairs_query(wb, w);
     case STORE_READ_AUDIT:
         store_audit_list_free(w->events, w->n_events); /* a try before a lost connection */
         w->events = NULL;
@@ -3323,6 +3350,7 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
     case STORE_WRITE_CERT_SET:
     case STORE_WRITE_CERT_DELETE:
     case STORE_READ_CERT_CHAINS:
+    case STORE_READ_CERT_PAIRS:
     case STORE_READ_AUDIT:
         return pg__domain_apply(wb, w);
     }

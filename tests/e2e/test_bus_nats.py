@@ -288,15 +288,24 @@ def test_an_instance_cannot_reach_nats(nats):
 
 
 class Backend:
-    """An HTTP server on loopback that answers every GET with its name."""
+    """An HTTP server on loopback that answers every GET with its name. After hang_next(), the
+    next request gets no answer: it waits until release(), then its connection is closed."""
 
     def __init__(self, name):
         body = (name + "\n").encode()
+        self.hang, self.hung, self.released = False, threading.Event(), threading.Event()
+        backend = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
+                if backend.hang:
+                    backend.hang = False
+                    backend.hung.set()
+                    backend.released.wait(60)
+                    self.close_connection = True
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -310,9 +319,24 @@ class Backend:
         self.addr = "127.0.0.1:%d" % self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def hang_next(self):
+        self.hang = True
+
+    def release(self):
+        self.released.set()
+
     def close(self):
+        """Stops listening (connections open stay until their handler ends)."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def register_by_hand(nats, version, *backends, host="order.localhost"):
+    """skiffd's register of a route with backends, as version (of one route)."""
+    nats_publish(nats, "skiff.bus.register", json.dumps(
+        {"v": 1, "ttl_ms": 30000, "version": version, "count": 1,
+         "route": {"host": host, "path": "", "app_guid": "1" * 36,
+                   "backends": [{"addr": b.addr} for b in backends]}}))
 
 
 def never_within(cond, seconds):
@@ -338,10 +362,7 @@ def test_a_drain_that_comes_before_its_table_waits_for_it(nats):
     sniffer.start()
 
     def register(version, backend):
-        nats_publish(nats, "skiff.bus.register", json.dumps(
-            {"v": 1, "ttl_ms": 30000, "version": version, "count": 1,
-             "route": {"host": "order.localhost", "path": "", "app_guid": "1" * 36,
-                       "backends": [{"addr": backend.addr}]}}))
+        register_by_hand(nats, version, backend)
 
     def drain(drain_id, backend, **more):
         nats_publish(nats, "skiff.bus.drain",
@@ -378,6 +399,68 @@ def test_a_drain_that_comes_before_its_table_waits_for_it(nats):
         rr.close()
         a.close()
         b.close()
+
+
+def test_an_unregister_that_comes_after_a_newer_register_leaves_the_route(nats):
+    """Unmapped, then mapped again at once: skiffd sends an unregister (table N), then a
+    register (table N+1), on two subjects a router gets on two threads. Taken in the other
+    order, the route would be gone until the next announcement (10 s). An unregister names its
+    table version, and one older than the route's last register is passed over."""
+    a = Backend("a")
+    rr = RemoteRouter(nats.url).start()
+    try:
+        register_by_hand(nats, 7, a)
+        wait_for(lambda: rr.get("order.localhost") == (200, "a\n"), 10, "a served")
+        unregister = {"v": 1, "host": "order.localhost", "path": ""}
+        nats_publish(nats, "skiff.bus.unregister", json.dumps({**unregister, "version": 6}))
+        assert never_within(lambda: rr.get("order.localhost")[0] != 200, 1.0), rr.output()
+        nats_publish(nats, "skiff.bus.unregister", json.dumps({**unregister, "version": 8}))
+        wait_for(lambda: rr.get("order.localhost")[0] == 404, 10, "the route gone")
+        register_by_hand(nats, 9, a)  # an older skiffd's unregister, without a version, is taken
+        wait_for(lambda: rr.get("order.localhost") == (200, "a\n"), 10, "a served again")
+        nats_publish(nats, "skiff.bus.unregister", json.dumps(unregister))
+        wait_for(lambda: rr.get("order.localhost")[0] == 404, 10, "the route gone again")
+    finally:
+        rr.close()
+        a.close()
+
+
+def test_a_request_sent_again_goes_by_the_newest_table(nats):
+    """A request whose pooled connection the instance closed unanswered is sent again on a new
+    connection, to another instance if need be. It goes by the router's newest table, not by
+    the one it came with: an instance that left the table since (drained, then stopped) is not
+    tried. Here x leaves the table (for y) and stops while a request hangs in d; d then closes
+    that request's connection and stops listening: the request must end at y, where with its
+    first table it would try x and d, both gone, and answer 502."""
+    d, x, y = Backend("d"), Backend("x"), Backend("y")
+    # one worker: the request that hangs in d goes on the connection pooled from before
+    rr = RemoteRouter(nats.url, extra_env={"SKIFF_ROUTER_WORKERS": "1"}).start()
+    answers = []
+    try:
+        register_by_hand(nats, 1, d, x)
+        seen = set()
+        wait_for(lambda: seen.add(rr.get("order.localhost")) or
+                 {(200, "d\n"), (200, "x\n")} <= seen, 10, "d and x both served", interval=0)
+        d.hang_next()
+
+        def requests_until_one_hangs():
+            while not d.hung.is_set():
+                answers.append(rr.get("order.localhost"))
+        sender = threading.Thread(target=requests_until_one_hangs)
+        sender.start()
+        assert d.hung.wait(10), answers
+        register_by_hand(nats, 2, d, y)  # x leaves the table ...
+        wait_for(lambda: rr.get("order.localhost") == (200, "y\n"), 10, "y served")
+        x.close()  # ... and stops, as a drained instance does
+        d.close()
+        d.release()  # the hanging request's connection closes unanswered
+        sender.join(30)
+        assert answers[-1] == (200, "y\n"), (answers, rr.output())
+    finally:
+        d.release()
+        rr.close()
+        for b in (d, x, y):
+            b.close()
 
 
 def test_a_request_in_flight_through_the_remote_router_finishes_before_its_instance_stops(

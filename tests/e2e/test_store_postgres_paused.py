@@ -752,3 +752,46 @@ def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stoppe
             assert a.api("GET", "/v1/cells")[1]["cells"] != before  # the leader wrote on
         finally:
             resume(own)
+
+
+def test_on_nats_neither_a_routers_hello_nor_the_replays_read_stalls_the_api(pg_dir, tmp_path):
+    """skiffd on NATS reads the store for two things of its own accord: every domain's
+    certificate and key for a router it has not heard before (at its first hello; over
+    cleartext NATS the notice alone goes, the names read all the same), and, leading, the
+    replays asked through other skiffds. Both are reads through the store's writer, so with
+    the server stopped the API answers at once all along, before and after the hello; the
+    reads are made once the server answers. Before, the replays were read on the event loop
+    every second: the API stopped with the server."""
+    from test_bus_nats import RemoteRouter
+    from test_fabric_nats import NatsServer
+    nats = NatsServer(str(tmp_path)).start()
+    rr = None
+    try:
+        with skiffd_on(pg_dir, "--nats", nats.url) as (p, url):
+            status, body = p.api("POST", "/v1/domains", {"name": "hello.test"})
+            assert status == 201, body
+            p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the domain's write")
+            pids = postgres_server_pids(pg_dir)
+            pause(pids)
+            rr = RemoteRouter(nats.url).start()
+            slowest, heard_at = 0.0, None
+            deadline = time.monotonic() + 30
+            # the hello comes within 5 s; then 2 s more of asking, while the pairs' read waits
+            while time.monotonic() < deadline and (heard_at is None or
+                                                   time.monotonic() < heard_at + 2):
+                (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+                assert status == 200, listed
+                slowest = max(slowest, took)
+                if heard_at is None and "a router on NATS said hello" in p.output():
+                    heard_at = time.monotonic()
+            assert heard_at is not None, p.output()
+            assert slowest < 1.0, f"an answer took {slowest:.2f} s after the router's hello"
+            resume(pids)
+            p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the pairs' read")
+            out = p.output()
+            assert "cannot read the domain certificates" not in out, out
+            assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        if rr:
+            rr.close()
+        nats.stop()

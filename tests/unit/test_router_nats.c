@@ -87,6 +87,12 @@ static void test_what_skiffd_sends_is_read(void **state)
     assert_int_equal(m.kind, ROUTER_NATS_UNREGISTER);
     assert_string_equal(m.host, "a.localhost");
     assert_string_equal(m.path, "");
+    assert_int_equal(m.table_version, 0); /* an older skiffd's: no version */
+    assert_int_equal(parse_text("skiff.bus.unregister",
+                                "{\"v\":1,\"host\":\"a.localhost\",\"path\":\"\",\"version\":12}",
+                                &m, err),
+                     0);
+    assert_int_equal(m.table_version, 12);
 
     assert_int_equal(
         parse_text("skiff.bus.drain", "{\"v\":1,\"addr\":\"127.0.0.1:61001\",\"id\":9}", &m, err),

@@ -3453,6 +3453,68 @@ static void test_the_certificates_chains_are_answered_from_a_copy_once_read(void
     remove_db(path);
 }
 
+/* What store_domain_cert_pairs_async gave, copied during its call (the lists are the store's). */
+struct pairs_log {
+    struct done_log *log;
+    int tag;
+    bool got_null;  /* the lists were NULL */
+    char text[512]; /* "name=chain/key;" for each */
+};
+
+static void note_pairs(void *ctx, int rc, char **names, char **chains, char **keys)
+{
+    struct pairs_log *r = ctx;
+    note_done(done_tag(r->log, r->tag), rc);
+    r->got_null = !names && !chains && !keys;
+    size_t at = 0;
+    for (size_t i = 0; names && names[i]; i++)
+        at += (size_t)snprintf(r->text + at, sizeof r->text - at, "%s=%s/%s;", names[i], chains[i],
+                               keys[i]);
+}
+
+/* The routers on NATS get each domain's chain and key through a read the writer makes in turn
+ * with the writes (the bus does not wait for it): it sees the certificate writes queued
+ * before it and not those after, lists only domains with a certificate, in name order, and on
+ * PostgreSQL always asks the server (no key is kept in memory). */
+static void test_the_certificates_and_keys_are_read_in_turn_with_the_writes(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_domain_add(st, "a.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "b.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "c.test", NULL), 0);
+    assert_int_equal(store_domain_cert_set(st, "a.test", "CHAIN-A", "KEY-A"), 0);
+    struct done_log log = {0};
+    struct pairs_log pairs = {.log = &log, .tag = 1};
+    assert_int_equal(
+        store_domain_cert_set_async(st, "c.test", "CHAIN-C", "KEY-C", note_done, done_tag(&log, 0)),
+        0);
+    assert_int_equal(store_domain_cert_pairs_async(st, note_pairs, &pairs), 0);
+    assert_int_equal(store_domain_cert_delete_async(st, "a.test", note_done, done_tag(&log, 2)), 0);
+    reap_until(st, &log, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(log.order[i], i);
+        assert_int_equal(log.rc[i], 0);
+    }
+    assert_string_equal(pairs.text, "a.test=CHAIN-A/KEY-A;c.test=CHAIN-C/KEY-C;");
+    pairs = (struct pairs_log){.log = &log, .tag = 3};
+    assert_int_equal(store_domain_cert_pairs_async(st, note_pairs, &pairs), 0);
+    reap_until(st, &log, 4);
+    assert_string_equal(pairs.text, "c.test=CHAIN-C/KEY-C;");
+    if (on_pg(path)) { /* read from the server each time: with the table away, a failure */
+        raw_sql(path, "ALTER TABLE domain_certs RENAME TO domain_certs_away");
+        pairs = (struct pairs_log){.log = &log, .tag = 4};
+        assert_int_equal(store_domain_cert_pairs_async(st, note_pairs, &pairs), 0);
+        reap_until(st, &log, 5);
+        assert_true(log.rc[4] < 0);
+        assert_true(pairs.got_null);
+        raw_sql(path, "ALTER TABLE domain_certs_away RENAME TO domain_certs");
+    }
+    store_close(st);
+    remove_db(path);
+}
+
 /* Domain and certificate writes, a document's create and update and the two queued reads
  * (the certificates' chains, the audit list) are made in the order asked for, in turn with the
  * document writes; until they are made (a row held on PostgreSQL), store_domain_list shows the
@@ -3890,6 +3952,7 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(test_news_of_a_kind_held_whole_is_read_again_off_the_callers_thread),     \
         cmocka_unit_test(test_a_held_kind_is_read_again_not_dropped_on_news_of_every_kind),        \
         cmocka_unit_test(test_the_certificates_chains_are_answered_from_a_copy_once_read),         \
+        cmocka_unit_test(test_the_certificates_and_keys_are_read_in_turn_with_the_writes),         \
         cmocka_unit_test(test_fresh_reads_see_a_write_the_feed_has_not_told_of),                   \
         cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted),                  \
         cmocka_unit_test(                                                                          \
