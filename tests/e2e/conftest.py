@@ -54,7 +54,8 @@ def postgres_server_pids(pg_dir):
 
 
 def _threads_stopped(pid):
-    """Whether every thread of pid is stopped (state T or t); a process that ended is too."""
+    """Whether every thread of pid is stopped (state T or t); a process that ended is too (a
+    zombie as well: a backend that exits after its postmaster was stopped stays one)."""
     try:
         tids = os.listdir("/proc/%d/task" % pid)
     except FileNotFoundError:
@@ -65,7 +66,7 @@ def _threads_stopped(pid):
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if state not in ("T", "t"):
+        if state not in ("T", "t", "Z", "X"):
             return False
     return True
 
