@@ -1374,8 +1374,10 @@ static void replays_read(void *ctx, int rc, char **ids, char **bodies)
 /* The consumer (the leader, on a shared fabric), each tick: the replays asked through other
  * skiffds are read when the change feed brought news of their kind since the last read (or
  * that read failed, or this skiffd began consuming), one read at a time. The store's writer
- * makes the read, in turn with the writes: on PostgreSQL the loop never waits for the server,
- * which before was asked on the loop every second (a silent server stopped the API). */
+ * makes the read, in turn with the writes: on PostgreSQL the loop never waits for the server.
+ * Before, the read was answered from the store's copy while the change feed was up, and
+ * went to the server on the loop every second once it was lost (a silent server stopped the
+ * API). */
 static void invoker_take_replays(struct invoker *inv)
 {
     uint64_t news = store_doc_news_kind(inv->store, REPLAY_DOC_KIND);
