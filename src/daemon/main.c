@@ -1581,6 +1581,9 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto fail;
     }
+    /* until skiffd serves, its own first writes wait for room in the store's queue: the bound
+     * (--store-queue-max) is for requests piling up behind a silent server, not for its start */
+    store_queue_full_waits = true;
     /* blobs live where the store is: in its database, or in files under the home */
     blob_store_open(db, d.home, &d.blobs);
     char *admin_password = NULL;
@@ -1939,6 +1942,7 @@ int main(int argc, char **argv)
            "  Try: skiff push hello -p examples/python-web\n",
            d.home);
 
+    store_queue_full_waits = false;
     uv_run(d.loop, UV_RUN_DEFAULT);
     d.exit_code = 0;
     goto out;

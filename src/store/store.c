@@ -704,6 +704,7 @@ int store_doc_replace(struct store *st, const char *kind, const char *id, const 
 
 int64_t store_drain_ms = 5000;
 size_t store_queue_max = STORE_QUEUE_MAX_DEFAULT;
+bool store_queue_full_waits;
 
 struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
                                     const char *json, store_done_fn *done, void *ctx)

@@ -564,6 +564,11 @@ int store_app_get_fresh_async(struct store *st, const char *guid, store_app_fn *
  * ever queued). 10,000 unless changed (skiffd's --store-queue-max; tests). */
 #define STORE_QUEUE_MAX_DEFAULT 10000
 extern size_t store_queue_max;
+/* While true, a write or queued read that finds the queue full waits on the calling thread
+ * for room instead of being refused: skiffd's start, which queues its first writes in one
+ * burst before it serves anyone (a bound below that burst would refuse its own start; the
+ * bound is there to keep requests from piling up behind a silent server). False unless set. */
+extern bool store_queue_full_waits;
 /* What to tell a client whose write was refused so: "the database is not answering; N
  * writes wait ...". */
 void store_busy_message(struct store *st, char *buf, size_t size);

@@ -4034,6 +4034,8 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         w->route.protocol = pg__or(w->route.protocol, "http1");
     }
     pthread_mutex_lock(&pw->mu);
+    while (store_queue_full_waits && !pw->stop && !pw->exited && pw->queued >= store_queue_max)
+        pthread_cond_wait(&pw->moved, &pw->mu); /* the writer moves on by itself */
     size_t queued = pw->queued;
     if (pw->stop || queued >= store_queue_max) {
         bool stopped = pw->stop;

@@ -350,6 +350,27 @@ def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir
         p.close()
 
 
+def test_a_queue_bound_below_the_first_starts_writes_does_not_stop_the_start(pg_dir):
+    """skiffd's first start on a new store queues a burst of writes (the admin user, its
+    roles, the built-in brokers) before it serves anyone. --store-queue-max 1 is far below that
+    burst: those writes wait for room instead of being refused, so skiffd starts and serves,
+    and starts again on the same store."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url, "--store-queue-max", "1"]).start()
+    try:
+        status, users = p.api("GET", "/v1/users")
+        assert status == 200 and "admin" in [u["name"] for u in users["users"]], users
+        p.stop()
+        p.start()
+        status, users = p.api("GET", "/v1/users")
+        assert status == 200 and "admin" in [u["name"] for u in users["users"]], users
+        out = p.output()
+        assert "cannot load users and roles" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        p.close()
+
+
 def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_server(pg_dir):
     """A domain made, a domain's certificate set, an event mapping made and another deleted,
     and the audit events listed while the server is stopped: each request waits for its write
