@@ -771,8 +771,12 @@ static void svc__brokers_delete(struct api_request *req, void *ctx)
                           "the service broker %s still has %zu service instance(s): delete them "
                           "first",
                           svc__str(b, "name"), json_array_size(insts));
-    else
+    else {
+        /* the built-in brokers' owner goes with their record: the next skiffd to start is */
+        if (json_object_get(b, "builtin_owner"))
+            services_shared_forget(a->records, SERVICES_KIND_BUILTIN_OWNER);
         svc__answer_stored(a, req, SERVICES_KIND_BROKER, NULL, svc__str(b, "guid"), 204, NULL);
+    }
     json_decref(insts);
     json_decref(b);
 }

@@ -111,18 +111,33 @@ static int bb__events_key(struct builtin_brokers *bb, const struct builtin_broke
     return rc;
 }
 
-/* On a shared store, the skiffd whose built-in brokers are registered there when it is
- * another ("ID at URL"), else NULL. */
+/* On a shared store, the skiffd whose built-in brokers serve it when it is another ("ID at
+ * URL"), else NULL. The broker's record names its owner once registered; before that, the
+ * first skiffd to leave its id in document SERVICES_KIND_BUILTIN_OWNER is the owner, so that
+ * two skiffds starting at once on a new store do not both start and register brokers. */
 static char *bb__other_owner(const struct builtin_brokers_config *cfg)
 {
     if (!cfg->shared || !cfg->records)
         return NULL;
     json_t *b = services_find(cfg->records, SERVICES_KIND_BROKER, NULL, BB_NAME);
-    const char *owner = json_string_value(json_object_get(b, "builtin_owner"));
-    char *other =
-        owner && strcmp(owner, cfg->owner)
-            ? xasprintf("%s at %s", owner, json_string_value(json_object_get(b, "url")) ?: "?")
-            : NULL;
+    json_t *owner = json_incref(json_object_get(b, "builtin_owner"));
+    if (!json_is_string(owner)) {
+        json_t *mine = json_string(cfg->owner);
+        int rc;
+        json_decref(owner);
+        owner = services_shared(cfg->records, SERVICES_KIND_BUILTIN_OWNER, mine, &rc);
+        json_decref(mine);
+        if (!owner)
+            log_error("cannot read whose built-in service brokers serve this store: %s (this "
+                      "skiffd starts its own)",
+                      skiff_strerror(rc));
+    }
+    const char *id = json_string_value(owner);
+    const char *url = json_string_value(json_object_get(b, "url"));
+    char *other = id && strcmp(id, cfg->owner)
+                      ? xasprintf("%s at %s", id, url ? url : "an address not registered yet")
+                      : NULL;
+    json_decref(owner);
     json_decref(b);
     return other;
 }

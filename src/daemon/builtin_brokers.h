@@ -12,7 +12,9 @@
  *
  * On a store other skiffds share, the first skiffd's brokers serve them all (registered with
  * its id as their owner, and reached at listen_host): a later skiffd that finds another's
- * registered starts none of its own, since the stores keep their data on one host, and takes
+ * registered (or, before that, finds another's id in document SERVICES_KIND_BUILTIN_OWNER,
+ * which the first to start leaves there) starts none of its own, since the stores keep their
+ * data on one host, and takes
  * the events key the store keeps (services_shared_key) to check the tokens they make. The program
  * is restarted when it exits, and stops with skiffd; when skiffd goes without stopping the platform
  * (killed, SIGUSR2), the program exits and the stores keep serving for the next start. */

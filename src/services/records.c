@@ -293,10 +293,7 @@ json_t *services_unseal(struct services *s, const char *text)
 #define SERVICES_SHARED_ID "key"
 #define SERVICES_KEY_CHECK_TEXT "the key of this platform's services"
 
-/* The value sealed in document kind/"key": the one in the store, or (when there is none yet)
- * plain, which this skiffd then leaves there as the first. NULL when the sealed value does not
- * open (*rc -EKEYREJECTED) or the store failed (*rc its error). */
-static json_t *services__shared(struct services *s, const char *kind, const json_t *plain, int *rc)
+json_t *services_shared(struct services *s, const char *kind, const json_t *plain, int *rc)
 {
     char *text = NULL;
     *rc = store_doc_get_fresh(s->store, kind, SERVICES_SHARED_ID, &text);
@@ -325,11 +322,32 @@ static json_t *services__shared(struct services *s, const char *kind, const json
     return opened;
 }
 
+static void services__shared_forgotten(void *ctx, int rc)
+{
+    char *kind = ctx;
+    if (rc < 0 && rc != -ENOENT && rc != -ECANCELED)
+        log_error("cannot delete the store's document %s/" SERVICES_SHARED_ID ": %s", kind,
+                  skiff_strerror(rc));
+    free(kind);
+}
+
+void services_shared_forget(struct services *s, const char *kind)
+{
+    char *ctx = xstrdup(kind);
+    if (store_doc_delete_async(s->store, kind, SERVICES_SHARED_ID, services__shared_forgotten,
+                               ctx) < 0) {
+        log_error("cannot delete the store's document %s/" SERVICES_SHARED_ID
+                  ": the store refused the write",
+                  kind);
+        free(ctx);
+    }
+}
+
 int services_key_check(struct services *s, const char *home)
 {
     json_t *plain = json_string(SERVICES_KEY_CHECK_TEXT);
     int rc;
-    json_t *opened = services__shared(s, SERVICES_KIND_KEY_CHECK, plain, &rc);
+    json_t *opened = services_shared(s, SERVICES_KIND_KEY_CHECK, plain, &rc);
     bool same = opened && json_equal(opened, plain);
     json_decref(plain);
     json_decref(opened);
@@ -354,7 +372,7 @@ int services_shared_key(struct services *s, const char *kind, const char *path,
     char hex[65];
     sodium_bin2hex(hex, sizeof hex, key, 32);
     json_t *mine = json_string(hex);
-    json_t *shared = services__shared(s, kind, mine, &rc);
+    json_t *shared = services_shared(s, kind, mine, &rc);
     const char *theirs = json_string_value(shared);
     size_t n = 0;
     if (shared && (!theirs || strlen(theirs) != 64 ||

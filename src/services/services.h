@@ -44,6 +44,7 @@ struct services;
 #define SERVICES_KIND_BROKER "service.broker"
 #define SERVICES_KIND_KEY_CHECK "service.key_check"
 #define SERVICES_KIND_EVENTS_KEY "service.events_key"
+#define SERVICES_KIND_BUILTIN_OWNER "service.builtin_owner" /* whose built-in brokers */
 
 /* The label of user-provided instances in VCAP_SERVICES. */
 #define SERVICES_USER_PROVIDED "user-provided"
@@ -96,6 +97,13 @@ char *services_seal(struct services *s, const json_t *value);
 /* The value sealed in text, or NULL when it does not open. */
 json_t *services_unseal(struct services *s, const char *text);
 
+/* The value sealed in document kind/"key" of the store: the one there, or (when there is none
+ * yet) plain, which this skiffd then leaves there as the first (a create that fails for every
+ * skiffd but one: two starting at once agree on one value). NULL when the sealed value does not
+ * open (*rc -EKEYREJECTED) or the store failed (*rc its error). Synchronous: for skiffd's start. */
+json_t *services_shared(struct services *s, const char *kind, const json_t *plain, int *rc);
+/* Deletes that document (queued; a failure is logged): the next services_shared is first. */
+void services_shared_forget(struct services *s, const char *kind);
 /* On a store several skiffds share (PostgreSQL), every one must seal with the same key
  * ($SKIFF_HOME/services.key): the first to start leaves a value sealed with its key in the
  * store (document SERVICES_KIND_KEY_CHECK), and the key of every later start must open it.

@@ -218,6 +218,54 @@ def test_the_first_skiffds_built_in_brokers_serve_every_skiffd_on_the_store(pg_d
         a.close()
 
 
+def test_two_skiffds_starting_at_once_on_a_new_store_start_one_set_of_built_in_brokers(pg_dir):
+    """Two skiffds started at the same moment on a new store both find no built-in broker
+    registered. Only one may start its brokers (their stores keep their data on its host): the
+    first to leave its id in the store owns them, the other stays off, and both list the one
+    broker, at the owner's address. Before, both started brokers and registered them, the
+    last one over the other's."""
+    subprocess.run(["psql", "-q", "-h", pg_dir, "-U", "postgres", "-c",
+                    "CREATE DATABASE builtin_at_once", "postgres"],
+                   check=True, capture_output=True, timeout=60)
+    url = f"postgresql:///builtin_at_once?host={pg_dir}&user=postgres"
+    env = {"SKIFF_BUILTIN_BROKERS": "1"}
+    both = [Platform(extra_args=["--store", url], extra_env=env) for _ in range(2)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda p: p.start(), both))
+
+        def brokers(p):
+            return p.api("GET", "/v1/service_brokers")[1].get("service_brokers", [])
+
+        def registered():
+            lists = [[(x["name"], x["url"]) for x in brokers(p)] for p in both]
+            return lists[0] == lists[1] and len(lists[0]) == 1 and lists[0]
+        wait_for("one built-in broker, the same through both", registered)
+        wait_for("the owner's brokers to say they are registered", lambda: any(
+            "the built-in service brokers are registered" in p.output() for p in both))
+        owners = [p for p in both if "the built-in service brokers are registered" in p.output()]
+        off = [p for p in both if "this skiffd's stay off" in p.output()]
+        assert len(owners) == 1 and len(off) == 1 and owners != off, \
+            [p.output() for p in both]
+        def broker_port(p):
+            with open(os.path.join(p.home, "brokers", "config.json")) as f:
+                return json.load(f)["broker_port"]
+        assert registered()[0][1] == f"http://127.0.0.1:{broker_port(owners[0])}", registered()
+        assert not os.path.exists(os.path.join(off[0].home, "brokers", "config.json"))
+
+        # moved as docs/services.md says: deleted, and the other skiffd started again
+        status, body = owners[0].api("DELETE", "/v1/service_brokers/skiff-builtin")
+        assert status == 204, body
+        owners[0].close()
+        off[0].stop()
+        off[0].start()
+        wait_for("the other skiffd's own brokers registered", lambda: [
+            x["url"] for x in brokers(off[0])] == [f"http://127.0.0.1:{broker_port(off[0])}"])
+    finally:
+        for p in both:
+            p.close()
+
+
 def test_event_mappings_sent_together_are_held_to_the_quota(pg_dir):
     """On PostgreSQL a mapping's create is answered once its write is made: mappings whose
     writes are still queued count against the space's quota too, so creates sent at once
