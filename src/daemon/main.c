@@ -718,6 +718,9 @@ static void daemon_store_writes(uv_poll_t *h, int status, int events)
 {
     struct daemon *d = h->data;
     store_async_reap(d->store);
+    /* news of an app another skiffd changed counts once the store's writer read it again */
+    if (store_feed_take(d->store, daemon_store_app_changed, d) && d->bus)
+        bus_routes_changed(d->bus);
     daemon_store_news(d);
 }
 

@@ -75,7 +75,8 @@ struct store_write {
     /* STORE_WRITE_DOC_CREATE and _REPLACE: whether reads see it as made while it is queued
      * (false when what this store knows says it will be refused) */
     bool shown;
-    /* STORE_READ_DOC_EACH the copy asked for itself (store_pg): its rows replace the kind's */
+    /* a read the copy asked for itself (store_pg): STORE_READ_DOC_EACH, its rows replace the
+     * kind's; STORE_READ_APP_FRESH, an app another writer changed, its news counted once read */
     bool refresh;
     store_doc_fn *done_doc;      /* STORE_READ_DOC_FRESH */
     struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */

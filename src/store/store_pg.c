@@ -684,6 +684,9 @@ static void pg__feed_reopen(struct store_backend *b)
 /* Counts news of documents of one kind, in its own counter. */
 static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind);
 static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool heard);
+static int pg__submit(struct store_backend *b, struct store_write *w);
+static bool pg__app_deleting(const struct store_backend *b, const char *guid);
+static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref);
 
 static void pg__kind_counted(struct store_backend *b, const char *kind)
 {
@@ -713,6 +716,36 @@ static void pg__kind_news(struct store_backend *b, const char *kind)
     }
 }
 
+/* News of an app from another writer. While the copy of the apps is current, the app is read
+ * again through the writer, the copy answering as it is meanwhile, and the news counts (the
+ * change count, store_feed_take) only once the copy holds what was read (pg__app_news_read):
+ * whoever reads on that news reads what it announced, and the event loop never waits for the
+ * server for it. Otherwise (no copy, the writer refuses, a write of this store's own to the
+ * app queued) the app is read from the server at the next read, the news counted now. */
+static void pg__app_news(struct store_backend *b, const char *guid)
+{
+    if (b->writer && b->apps && b->apps_at == b->apps_gen && strlen(guid) < 37 &&
+        !pg__queued_app(b, guid) && !pg__app_deleting(b, guid)) {
+        struct store_write *w = store_write_new(STORE_READ_APP_FRESH, NULL, guid, NULL, NULL, NULL);
+        w->refresh = true;
+        if (pg__submit(b, w) == 0)
+            return;
+    }
+    pg__stale_app(b, guid);
+    pg__feed_remember(b, guid);
+    b->heard++;
+}
+
+/* An app read again on news (pg__app_news), now in the copy (pg__app_fresh_finished): its news
+ * counts. A read that failed leaves the app to be read from the server at the next read. */
+static void pg__app_news_read(struct store_backend *b, const struct store_write *w)
+{
+    if (w->rc < 0 && w->rc != -ENOENT)
+        pg__stale_app(b, w->id);
+    pg__feed_remember(b, w->id);
+    b->heard++;
+}
+
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
  * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
  * counts. A lost feed is reopened instead (pg__feed_reopen). */
@@ -729,11 +762,13 @@ static void pg__feed_read(struct store_backend *b)
     PGnotify *n;
     while ((n = PQnotifies(b->feed))) {
         if (n->be_pid != b->pid && n->be_pid != b->writer_pid) {
-            b->heard++;
             if (str_has_prefix(n->extra, "app:")) {
-                pg__stale_app(b, n->extra + strlen("app:"));
-                pg__feed_remember(b, n->extra + strlen("app:"));
-            } else if (!strcmp(n->extra, "routes")) {
+                pg__app_news(b, n->extra + strlen("app:")); /* counted once it is read */
+                PQfreemem(n);
+                continue;
+            }
+            b->heard++;
+            if (!strcmp(n->extra, "routes")) {
                 b->routes_gen++;
             } else if (str_has_prefix(n->extra, "documents:")) {
                 pg__kind_news(b, n->extra + strlen("documents:"));
@@ -3953,6 +3988,8 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
     }
     if (w->op == STORE_READ_APP_FRESH) {
         pg__app_fresh_finished(b, w);
+        if (w->refresh)
+            pg__app_news_read(b, w);
         return;
     }
     if (pg__is_domain_write(w)) {

@@ -775,6 +775,61 @@ def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stoppe
             resume(own)
 
 
+def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_connections(
+        pg_dir):
+    """The leader makes an app, scales another, sets its environment, and makes a service
+    instance, an org and a user while the server processes of the follower's own connections
+    are stopped (its change feed's is not): the follower hears of each at once. An app's news
+    is read again through its store's writer, and counted once it is in its copy, so its API
+    answers all along (GET /v1/info, and GET /v1/apps from the copy). Once its connections
+    answer again it shows the new app and the new scale. Before, the news of the first app
+    made the scheduler read that app from the server on the event loop, and the follower's
+    whole API waited for the stopped server with no bound."""
+    def named(zone):
+        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
+        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
+                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
+
+    def made(a):
+        status, body = a.api("PUT", "/v1/apps/kept", {"no_route": True})
+        assert status == 201, body
+
+    with leader_and_follower(named, then=made) as (a, b):
+        b.wait_for(lambda: "kept" in [x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]],
+                   timeout=15, what="the follower to list the leader's app")
+        own = [int(pid) for pid in psql(
+            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-b'"
+            " AND query NOT LIKE 'LISTEN%'").split()]
+        assert own, "the follower's connections"
+        pause(own)
+        try:
+            for method, path, body in (
+                    ("PUT", "/v1/apps/fresh", {"no_route": True}),
+                    ("PATCH", "/v1/apps/kept", {"instances": 2}),
+                    ("PUT", "/v1/apps/kept/env", {"A": "b"}),
+                    ("POST", "/v1/service_instances",
+                     {"name": "ups", "user_provided": True, "credentials": {"y": 1}}),
+                    ("POST", "/v1/orgs", {"name": "neworg"}),
+                    ("POST", "/v1/users", {"name": "bob", "password": "a-long-password-1"})):
+                status, out = a.api(method, path, body)
+                assert status in (200, 201), (method, path, status, out)
+            slowest = 0.0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                info, took = timed(b.info)
+                assert info, info
+                (status, listed), took_list = timed(lambda: b.api("GET", "/v1/apps"))
+                assert status == 200 and "kept" in [x["name"] for x in listed["apps"]], listed
+                slowest = max(slowest, took, took_list)
+            assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+        finally:
+            resume(own)
+        b.wait_for(lambda: "fresh" in [x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]],
+                   timeout=15, what="the follower to list the app made meanwhile")
+        b.wait_for(lambda: app_field(b, "kept", "instances") == 2, timeout=15,
+                   what="the follower to show the new scale")
+
+
 def test_on_nats_neither_a_routers_hello_nor_the_replays_read_stalls_the_api(pg_dir, tmp_path):
     """skiffd on NATS reads the store for two things of its own accord: every domain's
     certificate and key for a router it has not heard before (at its first hello; over

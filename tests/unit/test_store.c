@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -458,9 +459,11 @@ static void test_app_ssh_setting_round_trips(void **state)
 /* Renames a table behind the store's back, through a connection of its own. */
 /* Waits (10 s at most) until st's change count moves from before: another writer's change
  * has come through the change feed. */
+/* On PostgreSQL, news of an app another writer changed counts once the store's writer read
+ * the app again and its answer is reaped, as skiffd's loop does when told (store_async_fd). */
 static void wait_for_change(struct store *st, uint64_t before)
 {
-    for (int i = 0; i < 1000 && store_change_count(st) == before; i++)
+    for (int i = 0; i < 1000 && (store_async_reap(st), store_change_count(st) == before); i++)
         usleep(10 * 1000);
     assert_true(store_change_count(st) != before);
 }
@@ -1261,14 +1264,17 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     struct store_app *got = NULL;
     /* both notifications may not be in yet: wait for the route's too */
     for (int i = 0; i < 1000; i++) {
+        store_async_reap(b); /* the app's news: counted once the app is read again */
         assert_int_equal(store_route_list(b, NULL, &routes, &n), 0);
         store_route_list_free(routes, n);
-        if (n == 1)
+        if (n == 1 && store_app_get(b, "shop", &got) == 0)
             break;
+        store_app_free(got);
+        got = NULL;
         usleep(10 * 1000);
     }
     assert_int_equal(n, 1);
-    assert_int_equal(store_app_get(b, "shop", &got), 0);
+    assert_non_null(got);
     assert_string_equal(got->guid, app->guid);
     assert_int_equal(got->processes[0].instances, 3);
     store_app_free(got);
@@ -1285,6 +1291,7 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     assert_int_equal(store_app_create(a, last), 0);
     assert_int_equal(store_app_create(a, first), 0);
     for (int i = 0; i < 1000; i++) {
+        store_async_reap(b);
         assert_int_equal(store_app_list(b, &list, &n), 0);
         store_app_list_free(list, n);
         if (n == 3)
@@ -1300,6 +1307,7 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     assert_int_equal(store_app_delete(a, first->guid), 0);
     assert_int_equal(store_app_delete(a, last->guid), 0);
     for (int i = 0; i < 1000; i++) {
+        store_async_reap(b);
         assert_int_equal(store_app_list(b, &list, &n), 0);
         store_app_list_free(list, n);
         if (n == 1)
@@ -1338,10 +1346,67 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     before = store_change_count(b);
     assert_int_equal(store_app_delete(a, app->guid), 0);
     wait_for_change(b, before);
+    /* the routes' news may count first: the app's, once the app is read again */
+    for (int i = 0; i < 1000 && store_app_get(b, app->guid, &got) == 0; i++) {
+        store_app_free(got);
+        got = NULL;
+        usleep(10 * 1000);
+        store_async_reap(b);
+    }
     assert_int_equal(store_app_get(b, app->guid, &got), -ENOENT);
     memset(&seen, 0, sizeof seen);
     assert_int_equal(store_feed_take(b, seen_app, &seen), 1);
     assert_string_equal(seen.guids[0], app->guid);
+    store_app_free(app);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
+/* News of an app another writer changed is read again through the store's writer, not on
+ * the caller's thread: until its answer is reaped (store_async_reap, when store_async_fd is
+ * readable) the copy answers as it was, the change count stays and store_feed_take names
+ * nothing; once reaped, the copy holds the new version and the news counts. */
+static void test_news_of_an_app_is_read_through_the_writer_and_counts_once_reaped(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *a = open_ok(path), *b = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    uint64_t before = store_change_count(b);
+    assert_int_equal(store_app_create(a, app), 0);
+    wait_for_change(b, before);
+    assert_int_equal(store_app_get(b, "shop", &got), 0); /* in b's copy */
+    store_app_free(got);
+    store_feed_take(b, NULL, NULL);
+
+    assert_int_equal(store_app_get(a, "shop", &got), 0);
+    got->processes[0].instances = 9;
+    before = store_change_count(b);
+    assert_int_equal(store_app_update(a, got), 0);
+    store_app_free(got);
+    struct pollfd done = {.fd = store_async_fd(b), .events = POLLIN};
+    assert_true(done.fd >= 0);
+    int i = 0;
+    for (; i < 1000 && poll(&done, 1, 10) == 0; i++)
+        assert_int_equal(store_change_count(b), before); /* reads the feed: the news comes */
+    assert_true(i < 1000);
+    assert_int_equal(store_change_count(b), before);
+    assert_int_equal(store_feed_take(b, NULL, NULL), 0);
+    assert_int_equal(store_app_get(b, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 3); /* the copy, as it was */
+    store_app_free(got);
+
+    assert_true(store_async_reap(b) >= 1);
+    assert_true(store_change_count(b) != before);
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(b, seen_app, &seen), 1);
+    assert_string_equal(seen.guids[0], app->guid);
+    assert_int_equal(store_app_get(b, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 9);
+    store_app_free(got);
     store_app_free(app);
     store_close(b);
     store_close(a);
@@ -3934,6 +3999,7 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(test_document_news_is_per_kind),                                          \
         cmocka_unit_test(test_doc_replace_lands_only_over_what_was_read),                          \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
+        cmocka_unit_test(test_news_of_an_app_is_read_through_the_writer_and_counts_once_reaped),   \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
         cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
