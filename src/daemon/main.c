@@ -50,6 +50,7 @@ struct daemon {
     uv_poll_t *store_feed;       /* the store's change feed (PostgreSQL): other skiffds' writes */
     uv_timer_t store_feed_retry; /* a lost feed's next try */
     uv_poll_t store_writes;      /* the store's finished writes (PostgreSQL's writer thread) */
+    uint64_t routes_news;        /* store_routes_news when the table was last sent for it */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -718,9 +719,13 @@ static void daemon_store_writes(uv_poll_t *h, int status, int events)
 {
     struct daemon *d = h->data;
     store_async_reap(d->store);
-    /* news of an app another skiffd changed counts once the store's writer read it again */
-    if (store_feed_take(d->store, daemon_store_app_changed, d) && d->bus)
+    /* news of an app or of the routes another skiffd changed counts once the store's writer
+     * read them again */
+    uint64_t routes = store_routes_news(d->store);
+    if ((store_feed_take(d->store, daemon_store_app_changed, d) || routes != d->routes_news) &&
+        d->bus)
         bus_routes_changed(d->bus);
+    d->routes_news = routes;
     daemon_store_news(d);
 }
 

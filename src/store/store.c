@@ -142,6 +142,11 @@ uint64_t store_doc_news_kind(struct store *st, const char *family)
     return st->ops->doc_news_kind ? st->ops->doc_news_kind(st->backend, family) : 0;
 }
 
+uint64_t store_routes_news(struct store *st)
+{
+    return st->ops->routes_news ? st->ops->routes_news(st->backend) : 0;
+}
+
 int store_app_create(struct store *st, struct store_app *app)
 {
     int rc = st->ops->app_create(st->backend, app);
@@ -742,6 +747,7 @@ void store_write_free(struct store_write *w)
     free(w->ev.detail);
     store_strv_free(w->refs);
     store_app_free(w->app);
+    store_route_list_free(w->routes, w->n_routes);
     free(w->route.host);
     free(w->route.path);
     free(w->route.app_guid);
@@ -846,6 +852,8 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         [STORE_WRITE_DOC_REPLACE] = "replace", [STORE_READ_DOC_FRESH] = "read"};
     if (w->op == STORE_READ_DOC_EACH)
         snprintf(buf, size, "read of the documents %s", w->kind);
+    else if (w->op == STORE_READ_ROUTES)
+        snprintf(buf, size, "read of the routes");
     else if (w->op == STORE_READ_BLOB_REFS)
         snprintf(buf, size, "read of the blobs packages and droplets name");
     else if (w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE)
@@ -1028,6 +1036,7 @@ static int store__write_now(struct store *st, struct store_write *w)
         rc = st->ops->droplet_delete(st->backend, w->id);
         break;
     case STORE_READ_APP: /* never queued here: store_app_find_or_read answers at once */
+    case STORE_READ_ROUTES: /* store_pg's own */
         break;
     case STORE_WRITE_DOMAIN_ADD:
     case STORE_WRITE_DOMAIN_DELETE:

@@ -230,6 +230,11 @@ uint64_t store_doc_news(struct store *st);
  * the kind of each document written, so another family's writes are no news here; "all", a
  * kind too long to name and a lost feed are news for every family. */
 uint64_t store_doc_news_kind(struct store *st, const char *family);
+/* A number that changes whenever another writer's change of the routes is in
+ * the store's copy: on PostgreSQL once the routes were read again after its news, or at once
+ * when no copy is held; always 0 on SQLite. Never waits. skiffd sends its route table again
+ * when it moved after the store's writer reported back. */
+uint64_t store_routes_news(struct store *st);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 

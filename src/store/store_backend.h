@@ -67,6 +67,8 @@ enum store_write_op {
     STORE_READ_DOC_EACH,     /* store_doc_each_fresh_async: kind; ids into refs, bodies chains */
     /* store_domain_cert_pairs_async: domains into refs, chains into chains, keys into keys */
     STORE_READ_CERT_PAIRS,
+    /* every route, read again by store_pg's copy on another writer's news: into routes */
+    STORE_READ_ROUTES,
 };
 struct store_write {
     enum store_write_op op;
@@ -85,6 +87,8 @@ struct store_write {
     char **refs;              /* what it read, the callback's */
     struct store_app *app;    /* STORE_WRITE_APP_*: the write's own copy, as written */
     struct store_route route; /* STORE_WRITE_ROUTE_*: the write's own copy */
+    struct store_route *routes; /* STORE_READ_ROUTES: what it read (n_routes of them) */
+    size_t n_routes;
     int https_only;           /* STORE_WRITE_ROUTE_UPDATE */
     struct store_task task;   /* STORE_WRITE_TASK_PUT: the write's own copy */
     struct store_package pkg; /* STORE_WRITE_PACKAGE_ADD, STORE_READ_PACKAGE: the write's own */
@@ -168,6 +172,7 @@ struct store_ops {
     int64_t (*feed_retry_ms)(struct store_backend *b);
     uint64_t (*doc_news)(struct store_backend *b);
     uint64_t (*doc_news_kind)(struct store_backend *b, const char *family);
+    uint64_t (*routes_news)(struct store_backend *b); /* NULL: none */
 
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);

@@ -326,6 +326,10 @@ struct store_backend {
     struct store_route *routes;
     size_t n_routes;
     uint64_t routes_gen, routes_at;
+    /* another writer's news of the routes: the copy read again through the writer, one read at
+     * a time (routes_again: more news came meanwhile), the news counted once it is in */
+    bool routes_reading, routes_again;
+    uint64_t routes_heard; /* store_routes_news */
     /* The documents read (json NULL: known absent), and the kinds read whole (doc_each), kept
      * while docs_gen stays at docs_at, less the kinds news named since (forgotten as it
      * comes); this store's own
@@ -746,6 +750,28 @@ static void pg__app_news_read(struct store_backend *b, const struct store_write 
     b->heard++;
 }
 
+/* News of the routes from another writer: as pg__app_news, while the copy of the routes is
+ * loaded it is read again whole through the writer, the copy (and the queued writes made over
+ * it) answering meanwhile, and the news counts once the read is in (pg__routes_read). */
+static void pg__routes_news(struct store_backend *b)
+{
+    if (b->routes_reading) {
+        b->routes_again = true;
+        return;
+    }
+    if (b->writer && b->routes && b->routes_at == b->routes_gen) {
+        struct store_write *w = store_write_new(STORE_READ_ROUTES, NULL, NULL, NULL, NULL, NULL);
+        w->refresh = true;
+        b->routes_reading = true;
+        if (pg__submit(b, w) == 0)
+            return;
+        b->routes_reading = false;
+    }
+    b->routes_gen++;
+    b->heard++;
+    b->routes_heard++;
+}
+
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
  * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
  * counts. A lost feed is reopened instead (pg__feed_reopen). */
@@ -767,10 +793,13 @@ static void pg__feed_read(struct store_backend *b)
                 PQfreemem(n);
                 continue;
             }
-            b->heard++;
             if (!strcmp(n->extra, "routes")) {
-                b->routes_gen++;
-            } else if (str_has_prefix(n->extra, "documents:")) {
+                pg__routes_news(b); /* counted once they are read */
+                PQfreemem(n);
+                continue;
+            }
+            b->heard++;
+            if (str_has_prefix(n->extra, "documents:")) {
                 pg__kind_news(b, n->extra + strlen("documents:"));
             } else if (!strcmp(n->extra, "documents")) {
                 b->docs_gen++;
@@ -830,6 +859,12 @@ static uint64_t pg__doc_news_kind(struct store_backend *b, const char *family)
         if (pg__kind_in(b->kinds[i].kind, family))
             news += b->kinds[i].gen;
     return news;
+}
+
+static uint64_t pg__routes_heard(struct store_backend *b)
+{
+    pg__feed_read(b);
+    return b->routes_heard;
 }
 
 static int pg__feed_fd(struct store_backend *b)
@@ -3360,6 +3395,11 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         store_app_free(w->app); /* a try before a lost connection */
         w->app = NULL;
         return pg__app_get_query(wb, w->id, &w->app);
+    case STORE_READ_ROUTES:
+        store_route_list_free(w->routes, w->n_routes); /* a try before a lost connection */
+        w->routes = NULL;
+        w->n_routes = 0;
+        return pg__route_list_query(wb, NULL, &w->routes, &w->n_routes);
     case STORE_WRITE_DROPLET_DELETE:
         return pg__droplet_delete_now(wb, (void *)w->id);
     case STORE_READ_APP: {
@@ -3944,6 +3984,32 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         b->routes_gen++;
 }
 
+/* The routes read again on news (pg__routes_news): they replace the copy, which the queued
+ * route writes are made over again (the writes reaped before were made before the read, in
+ * the writer's order; those after it are still pending), unless the copy was dropped
+ * meanwhile; a read that failed drops it (read on the next call, as before). The news counts
+ * now, and news that came meanwhile makes the next read. */
+static void pg__routes_read(struct store_backend *b, struct store_write *w)
+{
+    b->routes_reading = false;
+    if (w->rc == 0 && b->routes && b->routes_at == b->routes_gen) {
+        store_route_list_free(b->routes, b->n_routes);
+        b->routes = w->routes;
+        b->n_routes = w->n_routes;
+        w->routes = NULL;
+        w->n_routes = 0;
+        b->rview_ok = false;
+    } else if (w->rc < 0) {
+        b->routes_gen++;
+    }
+    b->heard++;
+    b->routes_heard++;
+    if (b->routes_again) {
+        b->routes_again = false;
+        pg__routes_news(b);
+    }
+}
+
 /* A queued read of an app as it finished: what was read goes into the copy, as
  * pg__app_get_fresh_read's does; an app queued for deletion or written since is answered as
  * the reads after the call see it. */
@@ -3990,6 +4056,10 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__app_fresh_finished(b, w);
         if (w->refresh)
             pg__app_news_read(b, w);
+        return;
+    }
+    if (w->op == STORE_READ_ROUTES) {
+        pg__routes_read(b, w);
         return;
     }
     if (pg__is_domain_write(w)) {
@@ -4721,6 +4791,7 @@ const struct store_ops store_pg_ops = {
     .change_count = pg__change_count,
     .feed_fd = pg__feed_fd,
     .feed_take = pg__feed_take,
+    .routes_news = pg__routes_heard,
     .feed_watch = pg__feed_set_watch,
     .feed_retry_ms = pg__feed_retry_ms,
     .doc_news = pg__doc_news,

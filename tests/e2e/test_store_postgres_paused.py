@@ -778,13 +778,14 @@ def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stoppe
 def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_connections(
         pg_dir):
     """The leader makes an app, scales another, sets its environment, and makes a service
-    instance, an org and a user while the server processes of the follower's own connections
-    are stopped (its change feed's is not): the follower hears of each at once. An app's news
-    is read again through its store's writer, and counted once it is in its copy, so its API
-    answers all along (GET /v1/info, and GET /v1/apps from the copy). Once its connections
-    answer again it shows the new app and the new scale. Before, the news of the first app
-    made the scheduler read that app from the server on the event loop, and the follower's
-    whole API waited for the stopped server with no bound."""
+    instance, an org, a user and a route while the server processes of the follower's own
+    connections are stopped (its change feed's is not): the follower hears of each at once.
+    An app's news, and the routes', are read again through its store's writer, and counted
+    once they are in its copy, so its API answers all along (GET /v1/info, and GET /v1/apps
+    and GET /v1/routes from the copies). Once its connections answer again it shows the new
+    app, the new scale and the route. Before, the news of the first app made the scheduler
+    read that app from the server on the event loop (and the routes' news the next route
+    list), and the follower's whole API waited for the stopped server with no bound."""
     def named(zone):
         url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
         return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
@@ -810,7 +811,8 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
                     ("POST", "/v1/service_instances",
                      {"name": "ups", "user_provided": True, "credentials": {"y": 1}}),
                     ("POST", "/v1/orgs", {"name": "neworg"}),
-                    ("POST", "/v1/users", {"name": "bob", "password": "a-long-password-1"})):
+                    ("POST", "/v1/users", {"name": "bob", "password": "a-long-password-1"}),
+                    ("POST", "/v1/routes", {"app": "kept", "host": "kept-too.localhost"})):
                 status, out = a.api(method, path, body)
                 assert status in (200, 201), (method, path, status, out)
             slowest = 0.0
@@ -820,7 +822,9 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
                 assert info, info
                 (status, listed), took_list = timed(lambda: b.api("GET", "/v1/apps"))
                 assert status == 200 and "kept" in [x["name"] for x in listed["apps"]], listed
-                slowest = max(slowest, took, took_list)
+                (status, routes), took_routes = timed(lambda: b.api("GET", "/v1/routes"))
+                assert status == 200, routes
+                slowest = max(slowest, took, took_list, took_routes)
             assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
         finally:
             resume(own)
@@ -828,6 +832,8 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
                    timeout=15, what="the follower to list the app made meanwhile")
         b.wait_for(lambda: app_field(b, "kept", "instances") == 2, timeout=15,
                    what="the follower to show the new scale")
+        b.wait_for(lambda: "kept-too.localhost" in json.dumps(b.api("GET", "/v1/routes")[1]),
+                   timeout=15, what="the follower to list the route mapped meanwhile")
 
 
 def test_on_nats_neither_a_routers_hello_nor_the_replays_read_stalls_the_api(pg_dir, tmp_path):
