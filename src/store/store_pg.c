@@ -212,6 +212,25 @@ const char *const store_pg_migrations[] = {
     "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_document();"
     "CREATE TRIGGER documents_truncate_notify AFTER TRUNCATE ON documents"
     "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();",
+    /* 22: packages and droplets never change once written, and the copies keep only rows
+     * read: a new one outdates nothing, so only a row deleted (or changed by other means) is
+     * news, naming it ("package:GUID", "droplet:GUID"); a TRUNCATE says the table's name,
+     * all of them. Before, every push through another skiffd dropped the copies whole, and
+     * the scheduler read its droplets again from the server on the event loop. */
+    "DROP TRIGGER packages_notify ON packages;"
+    "DROP TRIGGER droplets_notify ON droplets;"
+    "CREATE FUNCTION skiff_notify_artifact() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN"
+    "  PERFORM pg_notify('skiff_store', TG_ARGV[0] || ':' || OLD.guid);"
+    "  RETURN NULL; END $$;"
+    "CREATE TRIGGER packages_notify AFTER UPDATE OR DELETE ON packages"
+    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_artifact('package');"
+    "CREATE TRIGGER droplets_notify AFTER UPDATE OR DELETE ON droplets"
+    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_artifact('droplet');"
+    "CREATE TRIGGER packages_truncate_notify AFTER TRUNCATE ON packages"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER droplets_truncate_notify AFTER TRUNCATE ON droplets"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -352,6 +371,11 @@ struct store_backend {
     struct store_droplet **drops;
     size_t n_drops;
     uint64_t drops_gen, drops_at;
+    /* Droplets another writer deleted (the feed names them; a guid never comes back), the last
+     * PG_FEED_KEEP of them: read as gone without the server, as an app that ran one may still
+     * be in the apps' copy until its own news is read */
+    char (*drops_gone)[37];
+    size_t n_drops_gone;
     /* Packages added or read here (never changed once written either), kept the same way:
      * staging reads the one an upload through this store just added without the server. */
     struct store_package **pkgs;
@@ -691,6 +715,12 @@ static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool hear
 static int pg__submit(struct store_backend *b, struct store_write *w);
 static bool pg__app_deleting(const struct store_backend *b, const char *guid);
 static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref);
+static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                             const char *guid);
+static void pg__pkg_forget(struct store_backend *b, const char *guid);
+static void pg__droplet_prefetch(struct store_backend *wb, struct store_write *w);
+static void pg__drop_gone(struct store_backend *b, const char *guid);
+static void pg__droplet_prefetched(struct store_backend *b, const struct store_write *w);
 
 static void pg__kind_counted(struct store_backend *b, const char *kind)
 {
@@ -746,6 +776,8 @@ static void pg__app_news_read(struct store_backend *b, const struct store_write 
 {
     if (w->rc < 0 && w->rc != -ENOENT)
         pg__stale_app(b, w->id);
+    if (w->rc == 0)
+        pg__droplet_prefetched(b, w);
     pg__feed_remember(b, w->id);
     b->heard++;
 }
@@ -803,6 +835,10 @@ static void pg__feed_read(struct store_backend *b)
                 pg__kind_news(b, n->extra + strlen("documents:"));
             } else if (!strcmp(n->extra, "documents")) {
                 b->docs_gen++;
+            } else if (str_has_prefix(n->extra, "droplet:")) {
+                pg__drop_gone(b, n->extra + strlen("droplet:"));
+            } else if (str_has_prefix(n->extra, "package:")) {
+                pg__pkg_forget(b, n->extra + strlen("package:"));
             } else if (!strcmp(n->extra, "droplets")) {
                 b->drops_gen++;
             } else if (!strcmp(n->extra, "packages")) {
@@ -1024,6 +1060,7 @@ static void pg__close(struct store_backend *b)
     store_route_list_free(b->routes, b->n_routes);
     free(b->changed);
     free(b->stale);
+    free(b->drops_gone);
     for (size_t i = 0; i < b->n_kinds; i++)
         free(b->kinds[i].kind);
     free(b->kinds);
@@ -2577,6 +2614,17 @@ static void pg__pkgs_keep(struct store_backend *b, const struct store_package *p
 }
 
 /* This store deleted the packages of app_guid but keep (NULL: all of them). */
+/* The package guid is gone (another writer deleted it). */
+static void pg__pkg_forget(struct store_backend *b, const char *guid)
+{
+    for (size_t i = 0; i < b->n_pkgs; i++)
+        if (!strcmp(b->pkgs[i]->guid, guid)) {
+            store_package_free(b->pkgs[i]);
+            b->pkgs[i] = b->pkgs[--b->n_pkgs];
+            return;
+        }
+}
+
 static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep)
 {
     for (size_t i = 0; i < b->n_pkgs;) {
@@ -2764,6 +2812,52 @@ static struct store_droplet *pg__droplet_dup(const struct store_droplet *d)
     return c;
 }
 
+/* On an app's news (pg__app_news), its droplet is read by the writer with it, into w->drop,
+ * so that the scheduler's turn on that news finds it in the copy (pg__droplet_prefetched):
+ * a droplet another skiffd staged is otherwise read from the server on the event loop. */
+static void pg__droplet_prefetch(struct store_backend *wb, struct store_write *w)
+{
+    struct store_droplet *d = NULL;
+    if (pg__droplet_get_query(wb, w->app->droplet_guid, &d) != 0)
+        return; /* read at the next turn, as before */
+    w->drop = *d;
+    free(d);
+}
+
+static bool pg__drop_is_gone(const struct store_backend *b, const char *guid)
+{
+    for (size_t i = 0; i < b->n_drops_gone; i++)
+        if (!strcmp(b->drops_gone[i], guid))
+            return true;
+    return false;
+}
+
+/* Another writer deleted the droplet: it leaves the copy and is read as gone from now on. */
+static void pg__drop_gone(struct store_backend *b, const char *guid)
+{
+    pg__drops_forget(b, NULL, NULL, guid);
+    if (strlen(guid) >= sizeof b->drops_gone[0] || pg__drop_is_gone(b, guid))
+        return;
+    if (!b->drops_gone)
+        b->drops_gone = xcalloc(PG_FEED_KEEP, sizeof *b->drops_gone);
+    if (b->n_drops_gone == PG_FEED_KEEP) /* the oldest goes */
+        memmove(b->drops_gone, b->drops_gone + 1, (PG_FEED_KEEP - 1) * sizeof *b->drops_gone);
+    else
+        b->n_drops_gone++;
+    snprintf(b->drops_gone[b->n_drops_gone - 1], sizeof b->drops_gone[0], "%s", guid);
+}
+
+static void pg__droplet_prefetched(struct store_backend *b, const struct store_write *w)
+{
+    if (!w->drop.guid[0] || pg__drop_is_gone(b, w->drop.guid) || !pg__drops_on(b))
+        return;
+    for (size_t i = 0; i < b->n_drops; i++)
+        if (!strcmp(b->drops[i]->guid, w->drop.guid))
+            return;
+    b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+    b->drops[b->n_drops++] = pg__droplet_dup(&w->drop);
+}
+
 static void pg__drops_clear(struct store_backend *b)
 {
     for (size_t i = 0; i < b->n_drops; i++)
@@ -2830,6 +2924,8 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
 static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
     bool cache = pg__drops_on(b);
+    if (cache && pg__drop_is_gone(b, guid))
+        return -ENOENT;
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
             *out = pg__droplet_dup(b->drops[i]);
@@ -3391,10 +3487,14 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         }
         return rc;
     }
-    case STORE_READ_APP_FRESH:
+    case STORE_READ_APP_FRESH: {
         store_app_free(w->app); /* a try before a lost connection */
         w->app = NULL;
-        return pg__app_get_query(wb, w->id, &w->app);
+        int rc = pg__app_get_query(wb, w->id, &w->app);
+        if (rc == 0 && w->refresh && w->app->droplet_guid && !w->drop.guid[0])
+            pg__droplet_prefetch(wb, w); /* what the scheduler reads on this news */
+        return rc;
+    }
     case STORE_READ_ROUTES:
         store_route_list_free(w->routes, w->n_routes); /* a try before a lost connection */
         w->routes = NULL;

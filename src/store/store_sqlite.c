@@ -147,6 +147,8 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
     /* 21: on PostgreSQL the change feed names each document's kind; SQLite has no feed */
     "SELECT 1;",
+    /* 22: on PostgreSQL the change feed names each package and droplet deleted */
+    "SELECT 1;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];

@@ -836,6 +836,67 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
                    timeout=15, what="the follower to list the route mapped meanwhile")
 
 
+def test_a_leader_hears_of_pushes_routes_and_deletes_made_elsewhere_without_waiting(pg_dir):
+    """The follower pushes an app (a new package and droplet), maps a route, scales the
+    leader's app and deletes another pushed before (its package and droplet deleted) while the
+    server processes of the leader's own connections are stopped, its feed's not. The leader
+    hears of each at once, and converges every second: its API answers all along, GET
+    /v1/apps and GET /v1/routes from its copies. A new droplet outdates no droplet it read
+    (they never change), and a deleted one is named by the feed, so the droplets its
+    scheduler reads at each turn stay in its copy. Before, the routes' news made the next
+    route list read the server on the event loop, and any droplet news dropped the copy of
+    droplets, read again from the server at the next turn: the leader's whole API waited for
+    the stopped server."""
+    files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
+
+    def named(zone):
+        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
+        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
+                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
+
+    def deployed(a):
+        deploy_bits(a, "kept", files, {"instances": 1, "memory_mb": 32})
+        a.wait_for(lambda: running(a, "kept"), timeout=60, what="the leader's instance")
+        deploy_bits(a, "gone", files, {"instances": 0, "memory_mb": 32})
+
+    with leader_and_follower(named, then=deployed) as (a, b):
+        own = [int(pid) for pid in psql(
+            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-a'"
+            " AND query NOT LIKE 'LISTEN%'").split()]
+        assert own, "the leader's connections"
+        for path in ("/v1/apps", "/v1/routes", "/v1/apps/kept"):
+            assert a.api("GET", path)[0] == 200
+        pause(own)
+        try:
+            deploy_bits(b, "fresh", files, {"instances": 0, "memory_mb": 32})
+            for method, path, body in (
+                    ("POST", "/v1/routes", {"app": "kept", "host": "kept-too.localhost"}),
+                    ("PATCH", "/v1/apps/kept", {"instances": 2}),
+                    ("DELETE", "/v1/apps/gone", None)):
+                status, out = b.api(method, path, body)
+                assert status in (200, 201, 204), (method, path, status, out)
+            slowest = 0.0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                info, took = timed(a.info)
+                assert info, info
+                (status, listed), took_list = timed(lambda: a.api("GET", "/v1/apps"))
+                assert status == 200 and "kept" in [x["name"] for x in listed["apps"]], listed
+                (status, routes), took_routes = timed(lambda: a.api("GET", "/v1/routes"))
+                assert status == 200, routes
+                slowest = max(slowest, took, took_list, took_routes)
+            assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+        finally:
+            resume(own)
+        a.wait_for(lambda: "fresh" in [x["name"] for x in a.api("GET", "/v1/apps")[1]["apps"]]
+                   and "gone" not in [x["name"] for x in a.api("GET", "/v1/apps")[1]["apps"]],
+                   timeout=15, what="the leader to list the app pushed and not the one deleted")
+        a.wait_for(lambda: "kept-too.localhost" in json.dumps(a.api("GET", "/v1/routes")[1]),
+                   timeout=15, what="the leader to list the route mapped meanwhile")
+        a.wait_for(lambda: len(running(a, "kept")) == 2, timeout=60,
+                   what="the leader to run the new scale")
+
+
 def test_on_nats_neither_a_routers_hello_nor_the_replays_read_stalls_the_api(pg_dir, tmp_path):
     """skiffd on NATS reads the store for two things of its own accord: every domain's
     certificate and key for a router it has not heard before (at its first hello; over

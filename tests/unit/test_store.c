@@ -253,7 +253,7 @@ static void test_migrates_a_store_with_https_only_routes_to_protocols(void **sta
                   " 'least-connection', TRUE);");
     struct store *st = open_ok(path);
     assert_int_equal(store_schema_version(st), (int)migrations_count());
-    assert_int_equal(migrations_count(), 21);
+    assert_int_equal(migrations_count(), 22);
     struct store_route *routes = NULL;
     size_t n = 0;
     assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
@@ -3101,7 +3101,8 @@ static void test_tasks_come_from_the_cache_until_another_writer_changes_one(void
 }
 
 /* A droplet read once is answered without the server (the scheduler reads it at every
- * converge turn) until a deletion, here or announced by another writer. */
+ * converge turn) until a deletion, here or announced by another writer (which names it);
+ * another writer's new droplet is no reason to read it again. */
 static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
 {
     (void)state;
@@ -3125,6 +3126,17 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
         assert_string_equal(d->digest, "sha256:ab");
         store_droplet_free(d);
     }
+    raw_sql(path, "ALTER TABLE droplets_away RENAME TO droplets");
+    /* another writer's new droplet outdates none read (they never change): still no read */
+    struct store_droplet d2 = {.app_guid = app->guid, .path = "/dr/2", .digest = "sha256:cd"};
+    uuid_generate_v4(d2.guid);
+    assert_int_equal(store_droplet_add(other, &d2), 0);
+    feed_fence(st, other);
+    raw_sql(path, "ALTER TABLE droplets RENAME TO droplets_away");
+    d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+    assert_string_equal(d->path, "/dr/1");
+    store_droplet_free(d);
     raw_sql(path, "ALTER TABLE droplets_away RENAME TO droplets");
     uint64_t before = store_change_count(st);
     assert_int_equal(store_droplet_delete(other, d1.guid), 0);
