@@ -727,6 +727,42 @@ def running(p, name):
     return [d for d in app["instances_detail"] if d.get("state") == "RUNNING"]
 
 
+def named_on(pg_dir):
+    """make(zone) for leader_and_follower: a skiffd whose connections are named after its zone
+    (application_name), to find its own server processes (own_connections)."""
+    def named(zone):
+        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
+        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
+                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
+    return named
+
+
+def own_connections(pg_dir, zone):
+    """The server processes of the connections of named_on's skiffd of zone, all but its
+    change feed's."""
+    own = [int(pid) for pid in psql(
+        pg_dir, f"SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-{zone}'"
+        " AND query NOT LIKE 'LISTEN%'").split()]
+    assert own, f"the connections of skiffd-{zone}"
+    return own
+
+
+def answers_from_its_copies(p, app):
+    """For 3 s, p's GET /v1/info, GET /v1/apps (listing app) and GET /v1/routes each answer
+    within 1 s."""
+    slowest = 0.0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        info, took = timed(p.info)
+        assert info, info
+        (status, listed), took_list = timed(lambda: p.api("GET", "/v1/apps"))
+        assert status == 200 and app in [x["name"] for x in listed["apps"]], listed
+        (status, routes), took_routes = timed(lambda: p.api("GET", "/v1/routes"))
+        assert status == 200, routes
+        slowest = max(slowest, took, took_list, took_routes)
+    assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+
+
 def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stopped(pg_dir):
     """A leader runs an app's instance; its follower runs none of it and shows the leader's
     record of it. Both write their heartbeats (documents of kind "cell") every 300 ms and the
@@ -739,23 +775,15 @@ def test_a_follower_answers_from_its_copies_while_its_own_connections_are_stoppe
     the client's timeout)."""
     files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
 
-    def named(zone):  # each skiffd's connections named, to find the follower's
-        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
-        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
-                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
-
     def deployed(a):
         deploy_bits(a, "kept", files, {"instances": 1, "memory_mb": 32})
         a.wait_for(lambda: running(a, "kept"), timeout=60, what="the leader's instance")
 
-    with leader_and_follower(named, then=deployed) as (a, b):
+    with leader_and_follower(named_on(pg_dir), then=deployed) as (a, b):
         b.wait_for(lambda: running(b, "kept"), timeout=30,
                    what="the follower to show the leader's instance")
         assert len(cells(b)["cells"]) == 2
-        own = [int(pid) for pid in psql(
-            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-b'"
-            " AND query NOT LIKE 'LISTEN%'").split()]
-        assert own, "the follower's connections"
+        own = own_connections(pg_dir, "zone-b")
         pause(own)
         try:
             before = a.api("GET", "/v1/cells")[1]["cells"]
@@ -786,22 +814,14 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
     app, the new scale and the route. Before, the news of the first app made the scheduler
     read that app from the server on the event loop (and the routes' news the next route
     list), and the follower's whole API waited for the stopped server with no bound."""
-    def named(zone):
-        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
-        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
-                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
-
     def made(a):
         status, body = a.api("PUT", "/v1/apps/kept", {"no_route": True})
         assert status == 201, body
 
-    with leader_and_follower(named, then=made) as (a, b):
+    with leader_and_follower(named_on(pg_dir), then=made) as (a, b):
         b.wait_for(lambda: "kept" in [x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]],
                    timeout=15, what="the follower to list the leader's app")
-        own = [int(pid) for pid in psql(
-            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-b'"
-            " AND query NOT LIKE 'LISTEN%'").split()]
-        assert own, "the follower's connections"
+        own = own_connections(pg_dir, "zone-b")
         pause(own)
         try:
             for method, path, body in (
@@ -815,17 +835,7 @@ def test_a_follower_hears_of_apps_changed_elsewhere_without_waiting_for_its_own_
                     ("POST", "/v1/routes", {"app": "kept", "host": "kept-too.localhost"})):
                 status, out = a.api(method, path, body)
                 assert status in (200, 201), (method, path, status, out)
-            slowest = 0.0
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                info, took = timed(b.info)
-                assert info, info
-                (status, listed), took_list = timed(lambda: b.api("GET", "/v1/apps"))
-                assert status == 200 and "kept" in [x["name"] for x in listed["apps"]], listed
-                (status, routes), took_routes = timed(lambda: b.api("GET", "/v1/routes"))
-                assert status == 200, routes
-                slowest = max(slowest, took, took_list, took_routes)
-            assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+            answers_from_its_copies(b, "kept")
         finally:
             resume(own)
         b.wait_for(lambda: "fresh" in [x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]],
@@ -849,21 +859,13 @@ def test_a_leader_hears_of_pushes_routes_and_deletes_made_elsewhere_without_wait
     the stopped server."""
     files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
 
-    def named(zone):
-        url = f"postgresql://postgres@/postgres?host={pg_dir}&application_name=skiffd-{zone}"
-        return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
-                        extra_env={"SKIFF_CELL_HEARTBEAT_MS": "300", "SKIFF_PREWARM": "0"})
-
     def deployed(a):
         deploy_bits(a, "kept", files, {"instances": 1, "memory_mb": 32})
         a.wait_for(lambda: running(a, "kept"), timeout=60, what="the leader's instance")
         deploy_bits(a, "gone", files, {"instances": 0, "memory_mb": 32})
 
-    with leader_and_follower(named, then=deployed) as (a, b):
-        own = [int(pid) for pid in psql(
-            pg_dir, "SELECT pid FROM pg_stat_activity WHERE application_name = 'skiffd-zone-a'"
-            " AND query NOT LIKE 'LISTEN%'").split()]
-        assert own, "the leader's connections"
+    with leader_and_follower(named_on(pg_dir), then=deployed) as (a, b):
+        own = own_connections(pg_dir, "zone-a")
         for path in ("/v1/apps", "/v1/routes", "/v1/apps/kept"):
             assert a.api("GET", path)[0] == 200
         pause(own)
@@ -875,17 +877,7 @@ def test_a_leader_hears_of_pushes_routes_and_deletes_made_elsewhere_without_wait
                     ("DELETE", "/v1/apps/gone", None)):
                 status, out = b.api(method, path, body)
                 assert status in (200, 201, 204), (method, path, status, out)
-            slowest = 0.0
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                info, took = timed(a.info)
-                assert info, info
-                (status, listed), took_list = timed(lambda: a.api("GET", "/v1/apps"))
-                assert status == 200 and "kept" in [x["name"] for x in listed["apps"]], listed
-                (status, routes), took_routes = timed(lambda: a.api("GET", "/v1/routes"))
-                assert status == 200, routes
-                slowest = max(slowest, took, took_list, took_routes)
-            assert slowest < 1.0, f"an answer took {slowest:.2f} s while its connections stopped"
+            answers_from_its_copies(a, "kept")
         finally:
             resume(own)
         a.wait_for(lambda: "fresh" in [x["name"] for x in a.api("GET", "/v1/apps")[1]["apps"]]
