@@ -376,6 +376,7 @@ struct store_backend {
      * be in the apps' copy until its own news is read */
     char (*drops_gone)[37];
     size_t n_drops_gone;
+    size_t drops_gone_next; /* where the next goes in drops_gone, a ring */
     /* Packages added or read here (never changed once written either), kept the same way:
      * staging reads the one an upload through this store just added without the server. */
     struct store_package **pkgs;
@@ -717,7 +718,8 @@ static bool pg__app_deleting(const struct store_backend *b, const char *guid);
 static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref);
 static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
                              const char *guid);
-static void pg__pkg_forget(struct store_backend *b, const char *guid);
+static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                            const char *guid);
 static void pg__droplet_prefetch(struct store_backend *wb, struct store_write *w);
 static void pg__drop_gone(struct store_backend *b, const char *guid);
 static void pg__droplet_prefetched(struct store_backend *b, const struct store_write *w);
@@ -758,7 +760,7 @@ static void pg__kind_news(struct store_backend *b, const char *kind)
  * app queued) the app is read from the server at the next read, the news counted now. */
 static void pg__app_news(struct store_backend *b, const char *guid)
 {
-    if (b->writer && b->apps && b->apps_at == b->apps_gen && strlen(guid) < 37 &&
+    if (b->writer && b->apps && b->apps_at == b->apps_gen && strlen(guid) < sizeof b->stale[0] &&
         !pg__queued_app(b, guid) && !pg__app_deleting(b, guid)) {
         struct store_write *w = store_write_new(STORE_READ_APP_FRESH, NULL, guid, NULL, NULL, NULL);
         w->refresh = true;
@@ -838,7 +840,7 @@ static void pg__feed_read(struct store_backend *b)
             } else if (str_has_prefix(n->extra, "droplet:")) {
                 pg__drop_gone(b, n->extra + strlen("droplet:"));
             } else if (str_has_prefix(n->extra, "package:")) {
-                pg__pkg_forget(b, n->extra + strlen("package:"));
+                pg__pkgs_forget(b, NULL, NULL, n->extra + strlen("package:"));
             } else if (!strcmp(n->extra, "droplets")) {
                 b->drops_gen++;
             } else if (!strcmp(n->extra, "packages")) {
@@ -2613,23 +2615,17 @@ static void pg__pkgs_keep(struct store_backend *b, const struct store_package *p
     b->pkgs[b->n_pkgs++] = pg__package_dup(p);
 }
 
-/* This store deleted the packages of app_guid but keep (NULL: all of them). */
-/* The package guid is gone (another writer deleted it). */
-static void pg__pkg_forget(struct store_backend *b, const char *guid)
-{
-    for (size_t i = 0; i < b->n_pkgs; i++)
-        if (!strcmp(b->pkgs[i]->guid, guid)) {
-            store_package_free(b->pkgs[i]);
-            b->pkgs[i] = b->pkgs[--b->n_pkgs];
-            return;
-        }
-}
-
-static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep)
+/* Packages leave the copy: those of app_guid but keep (guid NULL; keep NULL: all of them),
+ * which this store deleted, or the one of guid, which another writer deleted. */
+static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                            const char *guid)
 {
     for (size_t i = 0; i < b->n_pkgs;) {
         struct store_package *p = b->pkgs[i];
-        if (!p->app_guid || strcmp(p->app_guid, app_guid) || (keep && !strcmp(p->guid, keep))) {
+        bool gone = guid ? !strcmp(p->guid, guid)
+                         : p->app_guid && !strcmp(p->app_guid, app_guid) &&
+                               (!keep || strcmp(p->guid, keep));
+        if (!gone) {
             i++;
             continue;
         }
@@ -2840,11 +2836,11 @@ static void pg__drop_gone(struct store_backend *b, const char *guid)
         return;
     if (!b->drops_gone)
         b->drops_gone = xcalloc(PG_FEED_KEEP, sizeof *b->drops_gone);
-    if (b->n_drops_gone == PG_FEED_KEEP) /* the oldest goes */
-        memmove(b->drops_gone, b->drops_gone + 1, (PG_FEED_KEEP - 1) * sizeof *b->drops_gone);
-    else
+    /* a ring: once full, the oldest is written over */
+    snprintf(b->drops_gone[b->drops_gone_next], sizeof b->drops_gone[0], "%s", guid);
+    b->drops_gone_next = (b->drops_gone_next + 1) % PG_FEED_KEEP;
+    if (b->n_drops_gone < PG_FEED_KEEP)
         b->n_drops_gone++;
-    snprintf(b->drops_gone[b->n_drops_gone - 1], sizeof b->drops_gone[0], "%s", guid);
 }
 
 static void pg__droplet_prefetched(struct store_backend *b, const struct store_write *w)
@@ -2924,13 +2920,13 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
 static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
     bool cache = pg__drops_on(b);
-    if (cache && pg__drop_is_gone(b, guid))
-        return -ENOENT;
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
             *out = pg__droplet_dup(b->drops[i]);
             return 0;
         }
+    if (cache && pg__drop_is_gone(b, guid)) /* never in the copy once gone (pg__drop_gone) */
+        return -ENOENT;
     int rc = pg__droplet_get_query(b, guid, out);
     if (rc == 0 && cache) {
         b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
@@ -3990,7 +3986,7 @@ static void pg__artifact_finished(struct store_backend *b, const struct store_wr
     } else if (w->op == STORE_WRITE_PACKAGE_ADD && w->rc == 0) {
         pg__pkgs_keep(b, &w->pkg);
     } else if (w->op == STORE_WRITE_PRUNE) {
-        pg__pkgs_forget(b, w->id, w->kind);
+        pg__pkgs_forget(b, w->id, w->kind, NULL);
         if (w->json)
             pg__drops_forget(b, w->id, w->json, NULL);
     }
@@ -4076,7 +4072,7 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         else
             pg__stale_app(b, w->id);
         pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
-        pg__pkgs_forget(b, w->id, NULL);
+        pg__pkgs_forget(b, w->id, NULL, NULL);
     }
     if (routes_took)
         pg__routes_apply(&b->routes, &b->n_routes, w);

@@ -382,6 +382,38 @@ def test_the_broker_refuses_strangers_and_bad_input(plat):
     assert osb(p, "GET", "/v2/catalog")[0] == 200
 
 
+def test_a_tenant_cannot_delete_take_over_or_shadow_the_builtin_brokers(plat):
+    p = plat
+    assert p.api("POST", "/v1/users", {"name": "eve", "password": "a long enough password"})[0] == 201
+    assert p.api("POST", "/v1/orgs", {"name": "evil"})[0] == 201
+    assert p.api("POST", "/v1/orgs/evil/spaces", {"name": "dev"})[0] == 201
+    assert p.api("PUT", "/v1/orgs/evil/spaces/dev/users/eve/roles/SpaceDeveloper")[0] == 204
+    status, body = p.api("POST", "/v1/auth/token", {"grant_type": "password", "username": "eve",
+                                                    "password": "a long enough password"},
+                         token=False)
+    assert status == 200, body
+    eve, S = body["access_token"], "space=evil%2Fdev"
+    before = p.api("GET", "/v1/service_brokers")[1]["service_brokers"]
+    assert [b["name"] for b in before] == ["skiff-builtin"]
+    status, res = p.api("DELETE", f"/v1/service_brokers/skiff-builtin?{S}", token=eve)
+    assert status == 403, res
+    status, res = p.api("PATCH", f"/v1/service_brokers/skiff-builtin?{S}",
+                        {"url": "http://127.0.0.1:1/", "password": "mine"}, token=eve)
+    assert status == 403, res
+    # a broker of her space by that name, or one claiming to be the platform's own
+    broker = {"name": "skiff-builtin", "url": "http://127.0.0.1:1/", "username": "u",
+              "password": "p", "space_scoped": True}
+    status, res = p.api("POST", f"/v1/service_brokers?{S}", broker, token=eve)
+    assert status == 409, res
+    status, res = p.api("POST", f"/v1/service_brokers?{S}",
+                        dict(broker, name="mine", builtin_owner="me"), token=eve)
+    assert status == 400 and "builtin_owner" in res["error"]["message"], res
+    assert p.api("GET", "/v1/service_brokers")[1]["service_brokers"] == before
+    status, market = p.api("GET", f"/v1/marketplace?{S}", token=eve)
+    assert status == 200
+    assert {s["service"] for s in market["services"]} == {"postgresql", "redis", "events"}
+
+
 def post(url, token, data=b"x", method="POST"):
     req = urllib.request.Request(url, data=data if method == "POST" else None, method=method,
                                  headers={"Authorization": "Bearer " + token,

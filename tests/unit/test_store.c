@@ -1466,6 +1466,57 @@ static void test_news_of_the_routes_is_read_through_the_writer_and_counts_once_r
     remove_db(path);
 }
 
+/* Droplets another writer deleted are read as gone without the server, the newest 256 of them
+ * (older ones are read from the server again); a droplet in the copy is read from it. Shown
+ * with the table renamed behind the store's back, which no news announces. */
+static void test_droplets_deleted_elsewhere_are_gone_without_the_server(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    enum { N = 260 }; /* the ring keeps 256 */
+    struct store *a = open_ok(path), *b = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(a, app), 0);
+    struct store_droplet keep = {
+        .app_guid = app->guid, .path = "/dr/k", .process_types_json = "{}"};
+    uuid_generate_v4(keep.guid);
+    assert_int_equal(store_droplet_add(a, &keep), 0);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(b, keep.guid, &d), 0); /* now in b's copy */
+    store_droplet_free(d);
+    static char gone[N][37];
+    for (int i = 0; i < N; i++) {
+        struct store_droplet x = {
+            .app_guid = app->guid, .path = "/dr/x", .process_types_json = "{}"};
+        uuid_generate_v4(x.guid);
+        memcpy(gone[i], x.guid, sizeof gone[i]);
+        assert_int_equal(store_droplet_add(a, &x), 0);
+        assert_int_equal(store_droplet_delete(a, x.guid), 0);
+    }
+    /* news comes in the order of the writes: once the app's is in, so are the droplets' */
+    uint64_t before = store_change_count(b);
+    app->processes[0].instances = 2;
+    assert_int_equal(store_app_update(a, app), 0);
+    wait_for_change(b, before);
+
+    raw_sql(path, "ALTER TABLE droplets RENAME TO droplets_elsewhere");
+    assert_int_equal(store_droplet_get(b, keep.guid, &d), 0);
+    assert_string_equal(d->path, "/dr/k");
+    store_droplet_free(d);
+    for (int i = N - 256; i < N; i++)
+        assert_int_equal(store_droplet_get(b, gone[i], &d), -ENOENT);
+    for (int i = 0; i < N - 256; i++) /* fell out of the ring: the server, which fails */
+        assert_true(store_droplet_get(b, gone[i], &d) < 0 &&
+                    store_droplet_get(b, gone[i], &d) != -ENOENT);
+    raw_sql(path, "ALTER TABLE droplets_elsewhere RENAME TO droplets");
+    store_app_free(app);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
 /* A document is rewritten only while it exists (a record saved now and then does not come
  * back after another writer deleted it); on PostgreSQL another writer's change of documents is
  * news (store_doc_news), this store's own is not. */
@@ -4067,6 +4118,7 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(test_news_of_an_app_is_read_through_the_writer_and_counts_once_reaped),   \
         cmocka_unit_test(                                                                          \
             test_news_of_the_routes_is_read_through_the_writer_and_counts_once_reaped),            \
+        cmocka_unit_test(test_droplets_deleted_elsewhere_are_gone_without_the_server),             \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
         cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
