@@ -294,9 +294,16 @@ static void pg__refresh_free(struct pg_refresh *r)
 
 struct store_backend {
     PGconn *conn;
-    int pid; /* conn's server process: the feed's notifications from it are this store's own */
+    /* conn's server process: the feed's notifications from it are this store's own. The
+     * writer's own backend sets it (atomically) whenever its connection is opened again. */
+    int pid;
     struct pg_writer *writer; /* documents and audit events are written by its thread */
-    int writer_pid;           /* its connection's server process: its notifications too */
+    /* conn, lost with its server (a restart, a fail-over), is opened again at the next read
+     * (pg__conn_open): at once, then after a delay that doubles up to PG_CONN_RETRY_MAX_MS,
+     * or as soon as the feed, which reconnects without waiting, is on again */
+    bool conn_reopens; /* the loop's conn (the writer's reopens its own, pg__apply_retrying) */
+    bool conn_lost;    /* logged as lost, not yet open again */
+    int64_t conn_retry_at, conn_retry_ms;
     int version;
     uint64_t writes; /* this process's writes that changed something */
     /* The change feed: a connection of its own that LISTENs, non-blocking, read whenever
@@ -443,10 +450,140 @@ static int pg__await_refs(struct store_backend *b, struct store_write *w, char *
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
  * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
  * otherwise. */
+/* How long a new connection may take to open, on the event loop, how long a read made on the
+ * loop may wait for its answer, and the longest delay between two tries while the server
+ * does not answer. */
+#define PG_CONN_OPEN_MS 1000
+#define PG_READ_MS 5000
+#define PG_CONN_RETRY_MAX_MS 30000
+
+/* What every connection of the store's sets first: messages in English whatever the
+ * server's locale, no notices. */
+static bool pg__conn_setup(PGconn *c)
+{
+    PGresult *res = PQexec(c, "SET client_min_messages = warning");
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok;
+}
+
+/* Opens c again (PQresetStart), waiting at most ms for it, never longer: a server that went
+ * away for good is not waited for, as a blocking PQreset would. */
+static bool pg__reset_within(PGconn *c, int64_t ms)
+{
+    int64_t end = time_now_ms() + ms;
+    if (!PQresetStart(c))
+        return false;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        int64_t left = end - time_now_ms();
+        struct pollfd p = {.fd = PQsocket(c),
+                           .events = st == PGRES_POLLING_WRITING ? POLLOUT : POLLIN};
+        if (left <= 0 || p.fd < 0 || poll(&p, 1, (int)left) <= 0)
+            return false; /* the next try's PQresetStart closes this one */
+        st = PQresetPoll(c);
+    }
+    return st == PGRES_POLLING_OK && pg__conn_setup(c);
+}
+
+/* Whether the loop's connection is open, opening it again when it was lost. An idle
+ * connection that has something to read carries the server's goodbye (a restart sends one
+ * before it closes): read first, so that a read after a restart is made on a new connection
+ * rather than fail on the old one. While the server does not answer, each read fails at
+ * once until the next try is due. */
+static bool pg__conn_open(struct store_backend *b)
+{
+    struct pollfd p = {.fd = PQsocket(b->conn), .events = POLLIN};
+    if (!b->conn_lost && PQstatus(b->conn) == CONNECTION_OK &&
+        (p.fd < 0 || poll(&p, 1, 0) <= 0 ||
+         (PQconsumeInput(b->conn) && PQstatus(b->conn) == CONNECTION_OK)))
+        return true;
+    int64_t now = time_now_ms();
+    if (!b->conn_lost) {
+        log_error("store: the connection to the database was lost (%s); opening it again",
+                  PQerrorMessage(b->conn));
+        b->conn_lost = true;
+        b->conn_retry_at = now;
+        b->conn_retry_ms = 100;
+    }
+    if (now < b->conn_retry_at)
+        return false;
+    if (!pg__reset_within(b->conn, PG_CONN_OPEN_MS)) {
+        log_error("store: cannot open the connection to the database again (%s); reads that"
+                  " need the server fail until the next try, in %lld ms",
+                  PQerrorMessage(b->conn), (long long)b->conn_retry_ms);
+        b->conn_retry_at = time_now_ms() + b->conn_retry_ms;
+        b->conn_retry_ms = b->conn_retry_ms * 2 > PG_CONN_RETRY_MAX_MS ? PG_CONN_RETRY_MAX_MS
+                                                                       : b->conn_retry_ms * 2;
+        return false;
+    }
+    b->pid = PQbackendPID(b->conn);
+    b->conn_lost = false;
+    log_info("store: the connection to the database is open again");
+    return true;
+}
+
+/* sql's answer on the loop's connection, waited for until PG_READ_MS after it was sent and
+ * no longer: then NULL, *silent set, and the connection is left to be opened again (the
+ * server may still answer on the old one, which nobody reads). As PQexecParams otherwise:
+ * the last result, or the first error. */
+static PGresult *pg__exec_within(struct store_backend *b, const char *sql, int nparams,
+                                 const char *const *params, bool *silent)
+{
+    if (!PQsendQueryParams(b->conn, sql, nparams, NULL, params, NULL, NULL, 0))
+        return NULL;
+    int64_t end = time_now_ms() + PG_READ_MS;
+    PGresult *res = NULL;
+    for (;;) {
+        while (PQisBusy(b->conn)) {
+            int64_t left = end - time_now_ms();
+            struct pollfd p = {.fd = PQsocket(b->conn), .events = POLLIN};
+            int n = left > 0 ? poll(&p, 1, (int)left) : 0;
+            if (n == 0) {
+                PQclear(res);
+                *silent = true;
+                return NULL;
+            }
+            if ((n < 0 && errno != EINTR) || (n > 0 && !PQconsumeInput(b->conn)))
+                break; /* PQgetResult reports it */
+        }
+        PGresult *r = PQgetResult(b->conn);
+        if (!r)
+            return res;
+        if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+            continue;
+        }
+        PQclear(res);
+        res = r;
+    }
+}
+
 static int pg__exec(struct store_backend *b, const char *sql, int nparams,
                     const char *const *params, PGresult **out)
 {
-    PGresult *res = PQexecParams(b->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (b->conn_reopens && !pg__conn_open(b))
+        return -EIO; /* logged once lost, and at each try */
+    bool silent = false;
+    PGresult *res = b->conn_reopens
+                        ? pg__exec_within(b, sql, nparams, params, &silent)
+                        : PQexecParams(b->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    /* the connection ended under a read (the server's goodbye was not in yet): a read is
+     * made once more, on a new one; a write is not, as it may have been made */
+    if (b->conn_reopens && !silent && (!res || PQresultStatus(res) == PGRES_FATAL_ERROR) &&
+        PQstatus(b->conn) == CONNECTION_BAD && str_has_prefix(sql, "SELECT ") && pg__conn_open(b)) {
+        PQclear(res);
+        res = pg__exec_within(b, sql, nparams, params, &silent);
+    }
+    if (silent) {
+        log_error("store: %s: no answer from the database within %d ms; this read fails, and"
+                  " the next is made on a new connection",
+                  sql, PG_READ_MS);
+        b->conn_lost = true;
+        b->conn_retry_ms = 200;
+        b->conn_retry_at = time_now_ms() + 100;
+        return -EIO;
+    }
     ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
         if (out)
@@ -683,6 +820,7 @@ static void pg__feed_listen_step(struct store_backend *b)
         return;
     }
     log_info("store: the change feed is reopened; the read cache is loaded again");
+    b->conn_retry_at = 0; /* the server answers: a lost main connection is tried at once */
     b->feed_state = PG_FEED_ON;
     b->heard++;
     pg__feed_outdate_all(b);
@@ -714,6 +852,7 @@ static void pg__feed_reopen(struct store_backend *b)
 static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind);
 static bool pg__doc_refresh(struct store_backend *b, const char *kind, bool heard);
 static int pg__submit(struct store_backend *b, struct store_write *w);
+static int pg__writer_pid(const struct store_backend *b);
 static bool pg__app_deleting(const struct store_backend *b, const char *guid);
 static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref);
 static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
@@ -821,7 +960,7 @@ static void pg__feed_read(struct store_backend *b)
     }
     PGnotify *n;
     while ((n = PQnotifies(b->feed))) {
-        if (n->be_pid != b->pid && n->be_pid != b->writer_pid) {
+        if (n->be_pid != b->pid && n->be_pid != pg__writer_pid(b)) {
             if (str_has_prefix(n->extra, "app:")) {
                 pg__app_news(b, n->extra + strlen("app:")); /* counted once it is read */
                 PQfreemem(n);
@@ -1085,9 +1224,7 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
         pg__close(b);
         return -EIO;
     }
-    /* messages in English whatever the server's locale; no notices on stderr */
-    PQsetNoticeProcessor(b->conn, NULL, NULL);
-    if (pg__cmd(b, "SET client_min_messages = warning") < 0) {
+    if (!pg__conn_setup(b->conn)) {
         snprintf(err, errsize, "cannot set up the store: %s", PQerrorMessage(b->conn));
         pg__close(b);
         return -EIO;
@@ -1102,6 +1239,7 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
         return rc;
     }
     b->pid = PQbackendPID(b->conn);
+    b->conn_reopens = true;
     *out = b;
     return 0;
 }
@@ -3431,6 +3569,12 @@ struct pg_writer {
     struct pg_writer *next_given_up;
 };
 
+/* The server process of the writer's connection, which its thread opens again when lost. */
+static int pg__writer_pid(const struct store_backend *b)
+{
+    return b->writer ? __atomic_load_n(&b->writer->wb->pid, __ATOMIC_RELAXED) : 0;
+}
+
 /* Writers whose thread was still waiting for the server when the store was closed: kept (the
  * thread may still finish its write and then touches only this) until the process exits. */
 static struct pg_writer *pg_given_up;
@@ -3535,8 +3679,10 @@ static int pg__apply_retrying(struct store_backend *wb, struct store_write *w)
     int rc = pg__apply(wb, w);
     if (rc == -EIO && PQstatus(wb->conn) == CONNECTION_BAD) {
         PQreset(wb->conn);
-        if (PQstatus(wb->conn) == CONNECTION_OK)
+        if (PQstatus(wb->conn) == CONNECTION_OK && pg__conn_setup(wb->conn)) {
+            __atomic_store_n(&wb->pid, PQbackendPID(wb->conn), __ATOMIC_RELAXED);
             rc = pg__apply(wb, w);
+        }
     }
     return rc;
 }
@@ -3592,13 +3738,7 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
 {
     struct store_backend *wb = xcalloc(1, sizeof *wb);
     wb->conn = PQconnectdb(url);
-    PGresult *res = NULL;
-    if (wb->conn && PQstatus(wb->conn) == CONNECTION_OK) {
-        PQsetNoticeProcessor(wb->conn, NULL, NULL);
-        res = PQexec(wb->conn, "SET client_min_messages = warning");
-    }
-    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
+    bool ok = wb->conn && PQstatus(wb->conn) == CONNECTION_OK && pg__conn_setup(wb->conn);
     int efd = ok ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
     if (!ok || efd < 0) {
         char *masked = store_location_masked(url);
@@ -3624,7 +3764,7 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
         return -EAGAIN;
     }
     b->writer = pw;
-    b->writer_pid = PQbackendPID(wb->conn);
+    wb->pid = PQbackendPID(wb->conn);
     return 0;
 }
 

@@ -43,6 +43,16 @@ def throwaway_postgres():
         subprocess.run([script, "stop", d], check=True, timeout=120)
 
 
+def postgres_ctl(pg_dir, action):
+    """Stops, starts or restarts a throwaway_postgres server (pg_ctl, waiting for it), with the
+    options scripts/pg-throwaway.sh starts it with."""
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    subprocess.run(as_pg + ["/usr/lib/postgresql/15/bin/pg_ctl", "-D", os.path.join(pg_dir, "data"),
+                            "-l", os.path.join(pg_dir, "server.log"), "-m", "fast", "-w",
+                            "-t", "60", "-o", f"-k {pg_dir} -c listen_addresses='' -c fsync=off",
+                            action], check=True, capture_output=True, timeout=120)
+
+
 def postgres_server_pids(pg_dir):
     """The postmaster of a throwaway_postgres server and its children (to pause it with
     SIGSTOP, say)."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Platform, throwaway_postgres
+from conftest import Platform, postgres_ctl, throwaway_postgres
 
 @pytest.fixture(scope="module")
 def pg_dir():
@@ -330,3 +330,53 @@ def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
         assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
     finally:
         p.close()
+
+
+def test_a_restart_of_the_server_or_its_absence_for_a_while_is_outlived(tmp_path):
+    """The server restarts, or stops and comes back later, under a running skiffd: its
+    connections are opened again, the API never stalls meanwhile, and other writers' changes
+    are heard again."""
+    import psycopg2
+    with throwaway_postgres() as d:
+        url = f"postgresql:///postgres?host={d}&user=postgres"
+        p = Platform(extra_args=["--store", url]).start()
+        try:
+            assert p.api("POST", "/v1/apps", {"name": "one", "routes": ["one.localhost"]})[0] == 201
+
+            def reads_answer():
+                for path in ("/v1/apps", "/v1/apps/one", "/v1/routes", "/v1/domains",
+                             "/v1/service_brokers", "/v1/users", "/v1/orgs"):
+                    status, body = p.api("GET", path)
+                    assert status == 200, (path, status, body)
+
+            # a restart: the first reads after it are made on new connections
+            postgres_ctl(d, "restart")
+            reads_answer()
+            status, body = p.api("PUT", "/v1/apps/two", {})
+            assert status in (200, 201), body
+
+            # away for a while: the API answers meanwhile (an error where only the server
+            # knows), and all of it works again once the server is back
+            postgres_ctl(d, "stop")
+            for _ in range(3):
+                assert p.api("GET", "/v1/info")[0] == 200
+                p.api("GET", "/v1/apps/one")
+                p.api("PUT", "/v1/apps/three", {})
+            postgres_ctl(d, "start")
+            wait_for("a write once the server is back",
+                     lambda: p.api("PUT", "/v1/apps/three", {})[0] in (200, 201), timeout=30)
+            reads_answer()
+            listed = [a["name"] for a in p.api("GET", "/v1/apps")[1]["apps"]]
+            assert {"one", "two", "three"} <= set(listed), listed
+
+            # the change feed is on again: a change another writer makes is heard
+            with psycopg2.connect(host=d, user="postgres", dbname="postgres") as c:
+                c.cursor().execute("UPDATE apps SET memory_mb = 321 WHERE name = 'one'")
+            wait_for("another writer's change heard",
+                     lambda: p.api("GET", "/v1/apps/one")[1]["memory_mb"] == 321, timeout=30)
+            p.stop()
+            out = p.output()
+            assert "the connection to the database is open again" in out, out[-3000:]
+            assert "Sanitizer" not in out and "runtime error" not in out, out
+        finally:
+            p.close()

@@ -1517,6 +1517,70 @@ static void test_droplets_deleted_elsewhere_are_gone_without_the_server(void **s
     remove_db(path);
 }
 
+/* Every connection of the store's ended by the server (a restart, an administrator): the next
+ * read and write are made on new ones. */
+static void test_connections_the_server_ended_are_opened_again(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *a = open_ok(path), *b = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(b, app), 0);
+    raw_sql(path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+    char guid[37];
+    uuid_generate_v4(guid);
+    struct store_droplet *d = NULL;
+    /* not in any copy: read from the server, on a new connection */
+    assert_int_equal(store_droplet_get(b, guid, &d), -ENOENT);
+    assert_int_equal(store_app_get(b, "shop", &got), 0);
+    store_app_free(got);
+    struct store_app *other = sample_app("other");
+    assert_int_equal(store_app_create(b, other), 0); /* the writer's new connection */
+    assert_int_equal(store_app_get(a, "other", &got), 0);
+    assert_string_equal(got->guid, other->guid);
+    store_app_free(got);
+    store_app_free(other);
+    store_app_free(app);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
+/* A read on the event loop that the server does not answer (a table locked by another
+ * transaction) fails after a bounded wait, rather than waiting for ever; the next reads are
+ * made on a new connection once the server answers again. */
+static void test_a_read_the_server_does_not_answer_fails_within_its_bound(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *b = open_ok(path);
+    PGconn *lock = PQconnectdb(path);
+    assert_int_equal(PQstatus(lock), CONNECTION_OK);
+    PGresult *res = PQexec(lock, "BEGIN; LOCK TABLE droplets IN ACCESS EXCLUSIVE MODE");
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    char guid[37];
+    uuid_generate_v4(guid);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(b, guid, &d), -EIO); /* and returns: bounded */
+    PQclear(PQexec(lock, "ROLLBACK"));
+    PQfinish(lock);
+    int rc = -EIO;
+    for (int i = 0; i < 500 && rc == -EIO; i++) { /* the next try is due 100 ms on */
+        rc = store_droplet_get(b, guid, &d);
+        if (rc == -EIO)
+            usleep(10 * 1000);
+    }
+    assert_int_equal(rc, -ENOENT);
+    store_close(b);
+    remove_db(path);
+}
+
 /* A document is rewritten only while it exists (a record saved now and then does not come
  * back after another writer deleted it); on PostgreSQL another writer's change of documents is
  * news (store_doc_news), this store's own is not. */
@@ -4119,6 +4183,8 @@ static void test_an_app_missing_from_the_copy_is_read_off_the_callers_thread(voi
         cmocka_unit_test(                                                                          \
             test_news_of_the_routes_is_read_through_the_writer_and_counts_once_reaped),            \
         cmocka_unit_test(test_droplets_deleted_elsewhere_are_gone_without_the_server),             \
+        cmocka_unit_test(test_connections_the_server_ended_are_opened_again),                      \
+        cmocka_unit_test(test_a_read_the_server_does_not_answer_fails_within_its_bound),           \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
         cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
