@@ -22,10 +22,11 @@
 #include "blobs/blobs_internal.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "store/store_backend.h"
 
 static PGconn *pg__connect(struct blob_store *bs)
 {
-    PGconn *c = PQconnectdb(bs->pg_url);
+    PGconn *c = store_pg_connect(bs->pg_url, false, NULL);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         log_error("blobs: cannot connect to the store's database: %s",
                   c ? PQerrorMessage(c) : "out of memory");

@@ -14,9 +14,10 @@
 #define LEADER__STR2(x) #x
 #define LEADER__STR(x) LEADER__STR2(x)
 
+/* set on the session whatever the location's options say (store_pg_connect asks the same) */
 #define LEADER__KEEPALIVES                                                                         \
     "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; "                               \
-    "SET tcp_keepalives_count = 3; "
+    "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 8000; "
 static const char leader__try[] = "SELECT pg_try_advisory_lock(" LEADER__STR(LEADER_LOCK_KEY) ")";
 static const char leader__check[] = "SELECT 1";
 /* Whether a session other than this skiffd's (nor the one it led on, which the server may not
@@ -392,15 +393,7 @@ static void leader__notice(void *arg, const char *message)
 
 static void leader__connect(struct leader *l)
 {
-    const char *keys[] = {"dbname",
-                          "application_name",
-                          "keepalives",
-                          "keepalives_idle",
-                          "keepalives_interval",
-                          "keepalives_count",
-                          NULL};
-    const char *values[] = {l->location, l->name, "1", "5", "1", "3", NULL};
-    l->conn = PQconnectStartParams(keys, values, 1);
+    l->conn = store_pg_connect(l->location, true, l->name);
     if (!l->conn) {
         leader__lost(l, "out of memory");
         return;

@@ -248,6 +248,15 @@ struct store_ops {
 extern const struct store_ops store_pg_ops;
 int store_pg_open(const char *url, char *err, size_t errsize, struct store_backend **out);
 
+/* A connection to url (a libpq URI or conninfo string) that notices a server it lost without
+ * a word (a host gone, a network cut): TCP keepalives (probes after 5 s idle, each 1 s, 3
+ * unanswered), a bound on data the server does not acknowledge (tcp_user_timeout, 8 s) and
+ * on a blocking connect (connect_timeout, 10 s), and the server asked to probe this end the
+ * same way (its tcp_keepalives_*, through options), each unless url sets it. start: begun
+ * without waiting (PQconnectStartParams), else opened (PQconnectdbParams). app_name, when not
+ * NULL, is its application_name, over url's. NULL only when out of memory. */
+struct pg_conn *store_pg_connect(const char *url, bool start, const char *app_name);
+
 /* Splits an app reference "SPACE_GUID/NAME" into space and the returned name; a reference
  * without a space (a guid, or a name) gets the default space and is returned whole. */
 const char *store_ref_split(const char *ref, char space[37]);

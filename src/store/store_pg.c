@@ -457,6 +457,37 @@ static int pg__await_refs(struct store_backend *b, struct store_write *w, char *
 #define PG_READ_MS 5000
 #define PG_CONN_RETRY_MAX_MS 30000
 
+PGconn *store_pg_connect(const char *url, bool start, const char *app_name)
+{
+    /* libpq keeps the last value of a key: these first, so that url's own win. options: the
+     * server probes this end likewise and bounds what this end leaves unacknowledged, and so
+     * ends a session whose client is gone (a leader cut off from it lets go of the lock within
+     * seconds, not after the kernel's retransmissions, a quarter of an hour, or its idle
+     * probes, two hours) */
+    const char *keys[] = {"keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "tcp_user_timeout",
+                          "connect_timeout",
+                          "options",
+                          "dbname",
+                          "application_name",
+                          NULL};
+    const char *values[] = {"1",
+                            "5",
+                            "1",
+                            "3",
+                            "8000",
+                            "10",
+                            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
+                            " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000",
+                            url,
+                            app_name,
+                            NULL};
+    return start ? PQconnectStartParams(keys, values, 1) : PQconnectdbParams(keys, values, 1);
+}
+
 /* What every connection of the store's sets first: messages in English whatever the
  * server's locale, no notices. */
 static bool pg__conn_setup(PGconn *c)
@@ -834,7 +865,7 @@ static void pg__feed_reopen(struct store_backend *b)
     if (b->feed_state == PG_FEED_WAIT) {
         if (time_now_ms() < b->retry_at)
             return;
-        b->feed = PQconnectStart(b->url);
+        b->feed = store_pg_connect(b->url, true, NULL);
         if (!b->feed || PQstatus(b->feed) == CONNECTION_BAD) {
             pg__feed_try_failed(b, "connect");
             return;
@@ -1089,7 +1120,7 @@ static size_t pg__feed_take(struct store_backend *b, void (*fn)(void *ctx, const
 /* Opens the feed: a second connection that LISTENs, then reads without blocking. */
 static int pg__feed_open(struct store_backend *b, const char *url, char *err, size_t errsize)
 {
-    b->feed = PQconnectdb(url);
+    b->feed = store_pg_connect(url, false, NULL);
     PGresult *res = NULL;
     if (b->feed && PQstatus(b->feed) == CONNECTION_OK)
         res = PQexec(b->feed, "LISTEN " PG_FEED_CHANNEL);
@@ -1215,7 +1246,7 @@ static void pg__close(struct store_backend *b)
 int store_pg_open(const char *url, char *err, size_t errsize, struct store_backend **out)
 {
     struct store_backend *b = xcalloc(1, sizeof *b);
-    b->conn = PQconnectdb(url);
+    b->conn = store_pg_connect(url, false, NULL);
     if (!b->conn || PQstatus(b->conn) != CONNECTION_OK) {
         char *masked = store_location_masked(url);
         snprintf(err, errsize, "cannot connect to the store %s: %s", masked,
@@ -3737,7 +3768,7 @@ static void *pg__writer_main(void *arg)
 static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize)
 {
     struct store_backend *wb = xcalloc(1, sizeof *wb);
-    wb->conn = PQconnectdb(url);
+    wb->conn = store_pg_connect(url, false, NULL);
     bool ok = wb->conn && PQstatus(wb->conn) == CONNECTION_OK && pg__conn_setup(wb->conn);
     int efd = ok ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
     if (!ok || efd < 0) {

@@ -43,13 +43,15 @@ def throwaway_postgres():
         subprocess.run([script, "stop", d], check=True, timeout=120)
 
 
-def postgres_ctl(pg_dir, action):
+def postgres_ctl(pg_dir, action, tcp_port=None):
     """Stops, starts or restarts a throwaway_postgres server (pg_ctl, waiting for it), with the
-    options scripts/pg-throwaway.sh starts it with."""
+    options scripts/pg-throwaway.sh starts it with; with tcp_port, it listens on that port of
+    127.0.0.1 too (its Unix socket then has that port's number)."""
     as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    listen = f"-c listen_addresses=127.0.0.1 -p {tcp_port}" if tcp_port else "-c listen_addresses=''"
     subprocess.run(as_pg + ["/usr/lib/postgresql/15/bin/pg_ctl", "-D", os.path.join(pg_dir, "data"),
                             "-l", os.path.join(pg_dir, "server.log"), "-m", "fast", "-w",
-                            "-t", "60", "-o", f"-k {pg_dir} -c listen_addresses='' -c fsync=off",
+                            "-t", "60", "-o", f"-k {pg_dir} {listen} -c fsync=off",
                             action], check=True, capture_output=True, timeout=120)
 
 

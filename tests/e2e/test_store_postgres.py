@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Platform, postgres_ctl, throwaway_postgres
+from conftest import Platform, free_port, postgres_ctl, throwaway_postgres
 
 @pytest.fixture(scope="module")
 def pg_dir():
@@ -377,6 +377,61 @@ def test_a_restart_of_the_server_or_its_absence_for_a_while_is_outlived(tmp_path
             p.stop()
             out = p.output()
             assert "the connection to the database is open again" in out, out[-3000:]
+            assert "Sanitizer" not in out and "runtime error" not in out, out
+        finally:
+            p.close()
+
+
+def test_a_network_cut_from_the_server_is_noticed_and_outlived(tmp_path):
+    """The network between skiffd and its server goes silent (packets to and from the
+    server's TCP port dropped, as a cut link or a host gone would): skiffd notices within
+    seconds, though nothing tells it (TCP keepalives), rather than trusting a deaf change feed
+    for ever; once the network is back, it reconnects and hears what another writer changed
+    meanwhile (over the server's Unix socket, which the cut does not touch)."""
+    import psycopg2
+    port = free_port()
+    table = f"skiff_test_cut_{port}"
+    with throwaway_postgres() as d:
+        postgres_ctl(d, "restart", tcp_port=port)
+        p = Platform(extra_args=["--store", f"postgresql://postgres@127.0.0.1:{port}/postgres"]).start()
+        try:
+            assert p.api("POST", "/v1/apps", {"name": "one"})[0] == 201
+            subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
+                table inet {table} {{
+                    chain input {{
+                        type filter hook input priority -10; policy accept;
+                        tcp dport {port} drop
+                        tcp sport {port} drop
+                    }}
+                }}""")
+            try:
+                wait_for("skiffd to notice the cut",
+                         lambda: "the change feed was lost" in p.output(), timeout=40)
+
+                def sql(query):
+                    with psycopg2.connect(host=d, port=port, user="postgres",
+                                          dbname="postgres") as c:
+                        cur = c.cursor()
+                        cur.execute(query)
+                        return cur.fetchall() if cur.description else None
+
+                sql("UPDATE apps SET memory_mb = 321 WHERE name = 'one'")
+                # the server, too, ends the sessions of a client it lost: the lead it held is
+                # free for a controller on the server's side of the cut
+                wait_for("the server to let go of the cut-off leader's lock",
+                         lambda: sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                     " AND granted")[0][0] == 0, timeout=40)
+            finally:
+                subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+            wait_for("another writer's change made during the cut heard",
+                     lambda: p.api("GET", "/v1/apps/one")[1].get("memory_mb") == 321, timeout=60)
+            wait_for("a write once the network is back",
+                     lambda: p.api("PUT", "/v1/apps/two", {})[0] in (200, 201), timeout=60)
+            wait_for("it leads again",
+                     lambda: p.api("GET", "/v1/cells")[1].get("leading"), timeout=60)
+            p.stop()
+            out = p.output()
+            assert "the change feed is reopened" in out, out[-3000:]
             assert "Sanitizer" not in out and "runtime error" not in out, out
         finally:
             p.close()
