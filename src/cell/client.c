@@ -20,6 +20,10 @@
 #define CELLC__SETTLE_MS 2000          /* a heartbeat (1 s) and a margin, after leading began */
 #define CELLC__SETTLE_GIVE_UP_MS 10000 /* NATS still down: converge without the cells' word */
 #define CELLC__MISSING_MS 3000         /* launched this long ago and not in a heartbeat: gone */
+/* a stop sent this long ago whose instance a heartbeat still lists as starting or running:
+ * the request was lost (NATS core delivers at most once; a cell that reconnects misses what
+ * came meanwhile), so it is sent again */
+#define CELLC__STOP_AGAIN_MS 2000
 
 /* ---- instances ---------------------------------------------------------------------------- */
 
@@ -387,6 +391,15 @@ static void cellc__heartbeat(struct cellc *c, struct cellc__cell *cell, json_t *
             continue;
         i->memory = (uint64_t)json_integer_value(json_object_get(e, "memory_bytes"));
         const char *st = json_string_value(json_object_get(e, "state"));
+        bool up = st && (!strcmp(st, "RUNNING") || !strcmp(st, "STARTING"));
+        if (up && i->state == INSTANCE_STOPPING && !i->forgotten &&
+            time_mono_ms() - i->stop_sent_mono >= CELLC__STOP_AGAIN_MS) {
+            log_info("[CELLS] cell %s still runs instance %s after it was asked to stop it: "
+                     "asking again",
+                     cell->id, i->guid);
+            cellc__send_stop(c, cell, i->guid, "the leader no longer wants it here");
+            i->stop_sent_mono = time_mono_ms();
+        }
         if (st && !strcmp(st, "RUNNING"))
             cellc__running(c, i); /* its state report was lost */
     }
@@ -702,8 +715,10 @@ void cellc_stop(struct cellc_inst *i)
             uv_timer_start(&c->check, cellc__on_check, 0, CELLC__CHECK_MS);
         return;
     }
-    if (i->state != INSTANCE_STOPPING)
+    if (i->state != INSTANCE_STOPPING) {
         cellc__send_stop(c, i->cell, i->guid, "the leader no longer wants it here");
+        i->stop_sent_mono = time_mono_ms();
+    }
     i->state = INSTANCE_STOPPING;
 }
 

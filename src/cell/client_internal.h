@@ -38,6 +38,7 @@ struct cellc_inst {
     enum instance_state state;
     int64_t since_ms;
     int64_t launched_mono;
+    int64_t stop_sent_mono; /* when the last stop was sent to its cell (0: none) */
     uint64_t memory;
     bool forgotten;           /* a final DOWN is queued */
     bool served;              /* started on a leader's request (serve): reported on NATS */

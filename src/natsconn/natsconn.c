@@ -18,6 +18,12 @@
 #define NATSCONN_INBOX_MAX 65536
 #define NATSCONN_CLOSE_FLUSH_MS 1000
 #define NATSCONN_PROBE_MS 1000
+/* A link that dies without a word (a cut, a host gone) is noticed by pings: one every
+ * NATSCONN_PING_MS, the connection given up (and made again) once NATSCONN_PINGS_OUT are
+ * unanswered, within about 9 s. libnats's default, a ping every 2 minutes, let a router whose
+ * link died prune its whole table (each route's TTL, 30 s) long before it noticed. */
+#define NATSCONN_PING_MS 3000
+#define NATSCONN_PINGS_OUT 2
 
 /* A message copied off libnats's thread, waiting for the loop. */
 struct natsconn_item {
@@ -206,6 +212,10 @@ int natsconn_options(const char *urls, const struct natsconn_security *sec, int 
         s = natsOptions_SetReconnectWait(opts, 250);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, timeout_ms);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(opts, NATSCONN_PING_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(opts, NATSCONN_PINGS_OUT);
     free(list);
     if (s == NATS_OK && natsconn__apply_security(opts, urls, sec, err, errsize) < 0) {
         natsOptions_Destroy(opts);

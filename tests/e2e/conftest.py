@@ -55,6 +55,30 @@ def postgres_ctl(pg_dir, action, tcp_port=None):
                             action], check=True, capture_output=True, timeout=120)
 
 
+@contextlib.contextmanager
+def packets_dropped(*ports, peer=None):
+    """For the block, every TCP packet to or from each of ports on this machine is dropped (a
+    table of its own in nft): a link cut without a word, as a pulled cable or a host gone.
+    With peer, only those between each of ports and peer (one connection each, when ports are
+    its client's: another test's connection may have the same client port to another peer)."""
+    table = "skiff_test_cut_%d_%d" % (os.getpid(), ports[0])
+    other = f"tcp dport {peer} " if peer else ""
+    back = f"tcp sport {peer} " if peer else ""
+    rules = "\n".join(f"        {other}tcp sport {p} drop\n        {back}tcp dport {p} drop"
+                      for p in ports)
+    subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
+table inet {table} {{
+    chain input {{
+        type filter hook input priority -10; policy accept;
+{rules}
+    }}
+}}""")
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+
+
 def postgres_server_pids(pg_dir):
     """The postmaster of a throwaway_postgres server and its children (to pause it with
     SIGSTOP, say)."""

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import BIN_DIR, Platform, free_port, out, wait_for
+from conftest import BIN_DIR, Platform, free_port, out, packets_dropped, wait_for
 from test_deploy import Traffic, write_app
 from test_fabric_nats import NatsServer
 from test_isolation import attack, contained, host_side, push_hostile
@@ -204,6 +204,64 @@ def test_the_remote_router_keeps_its_table_while_nats_is_down(nats, tmp_path):
         nats.start()
         time.sleep(TTL_MS / 1000 + 1)
         assert rr.get("steady.localhost") == (200, "v0\n"), rr.output()
+    finally:
+        rr.close()
+        p.close()
+
+
+def nats_client_ports(nats_port, pgid):
+    """The local ports of the connections to NATS made by the processes of group pgid."""
+    pids = set(subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True,
+                              text=True).stdout.split())
+    listed = subprocess.run(["ss", "-tnpH", "state", "established", f"dport = :{nats_port}"],
+                            capture_output=True, text=True).stdout
+    return [int(m.group(1)) for line in listed.splitlines()
+            for m in [re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:%d\b" % nats_port, line)]
+            if m and pids & set(re.findall(r"pid=(\d+)", line))]
+
+
+def test_a_router_whose_link_to_nats_dies_without_a_word_notices_and_keeps_serving(nats,
+                                                                                  tmp_path):
+    """The remote router's connection to NATS goes silent (its packets dropped both ways; NATS
+    and skiffd are fine): it notices within seconds by its pings, serves its table meanwhile,
+    and is on a new connection before any route's TTL runs out. Before, it noticed after
+    minutes, and pruned its whole table at the TTL: every app answered 404. Then the same
+    for skiffd's own connection, whose announcements every router needs."""
+    p = Platform(extra_args=["--nats", nats.url],
+                 extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                            "SKIFF_BUS_TTL_MS": "20000"}).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "steady")
+        wait_for(lambda: rr.get("steady.localhost") == (200, "v0\n"), 30, "steady served")
+        ports = nats_client_ports(nats.port, rr.proc.pid)
+        assert ports, "the router's connection to NATS"
+        with packets_dropped(*ports, peer=nats.port):
+            failed = []
+
+            def noticed():
+                got = rr.get("steady.localhost")
+                if got != (200, "v0\n"):
+                    failed.append(got)
+                return rr.output().count("bus: connected to NATS") >= 2
+
+            wait_for(noticed, 20, "the router to notice and connect again", interval=0.2)
+            assert "NATS is unreachable; serving the last route table" in rr.output()
+            assert failed == [], failed
+            # the new connection carries announcements
+            assert p.cli("map-route", "steady", "again.localhost").returncode == 0
+            wait_for(lambda: rr.get("again.localhost") == (200, "v0\n"), 15,
+                     "a route mapped after the cut served")
+        # the same for skiffd's own connection: it connects again and announces on it
+        ports = nats_client_ports(nats.port, p.proc.pid)
+        assert ports, "skiffd's connection to NATS"
+        with packets_dropped(*ports, peer=nats.port):
+            wait_for(lambda: p.output().count("bus: connected to NATS; announcing") >= 2, 20,
+                     "skiffd to notice and connect again")
+            assert p.cli("map-route", "steady", "third.localhost").returncode == 0
+            wait_for(lambda: rr.get("third.localhost") == (200, "v0\n"), 15,
+                     "a route mapped after skiffd's cut served remotely")
+        assert rr.get("steady.localhost") == (200, "v0\n")
     finally:
         rr.close()
         p.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Platform, free_port, postgres_ctl, throwaway_postgres
+from conftest import Platform, free_port, packets_dropped, postgres_ctl, throwaway_postgres
 
 @pytest.fixture(scope="module")
 def pg_dir():
@@ -390,21 +390,12 @@ def test_a_network_cut_from_the_server_is_noticed_and_outlived(tmp_path):
     meanwhile (over the server's Unix socket, which the cut does not touch)."""
     import psycopg2
     port = free_port()
-    table = f"skiff_test_cut_{port}"
     with throwaway_postgres() as d:
         postgres_ctl(d, "restart", tcp_port=port)
         p = Platform(extra_args=["--store", f"postgresql://postgres@127.0.0.1:{port}/postgres"]).start()
         try:
             assert p.api("POST", "/v1/apps", {"name": "one"})[0] == 201
-            subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
-                table inet {table} {{
-                    chain input {{
-                        type filter hook input priority -10; policy accept;
-                        tcp dport {port} drop
-                        tcp sport {port} drop
-                    }}
-                }}""")
-            try:
+            with packets_dropped(port):
                 wait_for("skiffd to notice the cut",
                          lambda: "the change feed was lost" in p.output(), timeout=40)
 
@@ -421,8 +412,6 @@ def test_a_network_cut_from_the_server_is_noticed_and_outlived(tmp_path):
                 wait_for("the server to let go of the cut-off leader's lock",
                          lambda: sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                                      " AND granted")[0][0] == 0, timeout=40)
-            finally:
-                subprocess.run(["nft", "delete", "table", "inet", table], check=True)
             wait_for("another writer's change made during the cut heard",
                      lambda: p.api("GET", "/v1/apps/one")[1].get("memory_mb") == 321, timeout=60)
             wait_for("a write once the network is back",
