@@ -33,7 +33,6 @@ static PGconn *pg__connect(struct blob_store *bs)
         PQfinish(c);
         return NULL;
     }
-    PQsetNoticeProcessor(c, NULL, NULL);
     return c;
 }
 

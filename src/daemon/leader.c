@@ -383,14 +383,6 @@ static void leader__on_poll(uv_poll_t *h, int status, int events)
         leader__read_results(l);
 }
 
-/* The server's notices (and the FATAL it sends before it ends a session) go to the log, not
- * to stderr as libpq's default would write them: the lost session is logged by the caller. */
-static void leader__notice(void *arg, const char *message)
-{
-    (void)arg;
-    log_msg(LOG_DEBUG, "[LEADER] the store says: %.*s", (int)strcspn(message, "\n"), message);
-}
-
 static void leader__connect(struct leader *l)
 {
     l->conn = store_pg_connect(l->location, true, l->name);
@@ -402,7 +394,6 @@ static void leader__connect(struct leader *l)
         leader__lost_pq(l);
         return;
     }
-    PQsetNoticeProcessor(l->conn, leader__notice, NULL);
     l->phase = LEADER__CONNECTING;
     l->fresh = true;
     uv_timer_start(&l->deadline, leader__on_deadline, (uint64_t)l->check_ms, 0);

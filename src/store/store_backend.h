@@ -252,7 +252,8 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
  * a word (a host gone, a network cut): TCP keepalives (probes after 5 s idle, each 1 s, 3
  * unanswered), a bound on data the server does not acknowledge (tcp_user_timeout, 8 s) and
  * on a blocking connect (connect_timeout, 10 s), and the server asked to probe this end the
- * same way (its tcp_keepalives_*, through options), each unless url sets it. start: begun
+ * same way (its tcp_keepalives_*, through options), each unless url sets it; the server's
+ * notices go to the log (debug) rather than raw to stderr. start: begun
  * without waiting (PQconnectStartParams), else opened (PQconnectdbParams). app_name, when not
  * NULL, is its application_name, over url's. NULL only when out of memory. */
 struct pg_conn *store_pg_connect(const char *url, bool start, const char *app_name);

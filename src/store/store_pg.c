@@ -447,15 +447,21 @@ struct store_backend {
  * it read. */
 static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs);
 
-/* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
- * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
- * otherwise. */
 /* How long a new connection may take to open, on the event loop, how long a read made on the
  * loop may wait for its answer, and the longest delay between two tries while the server
  * does not answer. */
 #define PG_CONN_OPEN_MS 1000
 #define PG_READ_MS 5000
 #define PG_CONN_RETRY_MAX_MS 30000
+
+/* The server's notices, and the error it sends before it ends a session (libpq hands that to
+ * the notice processor when no query waits for it), go to the log at debug level instead of
+ * raw to stderr: a lost connection is logged where it is noticed, with that message. */
+static void pg__notice(void *arg, const char *message)
+{
+    (void)arg;
+    log_msg(LOG_DEBUG, "store: the database says: %.*s", (int)strcspn(message, "\n"), message);
+}
 
 PGconn *store_pg_connect(const char *url, bool start, const char *app_name)
 {
@@ -485,7 +491,10 @@ PGconn *store_pg_connect(const char *url, bool start, const char *app_name)
                             url,
                             app_name,
                             NULL};
-    return start ? PQconnectStartParams(keys, values, 1) : PQconnectdbParams(keys, values, 1);
+    PGconn *c = start ? PQconnectStartParams(keys, values, 1) : PQconnectdbParams(keys, values, 1);
+    if (c)
+        PQsetNoticeProcessor(c, pg__notice, NULL);
+    return c;
 }
 
 /* What every connection of the store's sets first: messages in English whatever the
@@ -590,6 +599,10 @@ static PGresult *pg__exec_within(struct store_backend *b, const char *sql, int n
     }
 }
 
+/* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
+ * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
+ * otherwise. On the loop's connection (conn_reopens), made on a connection opened
+ * again when the last was lost, and waited for PG_READ_MS at most. */
 static int pg__exec(struct store_backend *b, const char *sql, int nparams,
                     const char *const *params, PGresult **out)
 {
