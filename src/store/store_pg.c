@@ -299,7 +299,7 @@ struct store_backend {
     int pid;
     struct pg_writer *writer; /* documents and audit events are written by its thread */
     /* conn, lost with its server (a restart, a fail-over), is opened again at the next read
-     * (pg__conn_open): at once, then after a delay that doubles up to PG_CONN_RETRY_MAX_MS,
+     * (pg__conn_open): at once, then after a delay that doubles as the feed's does,
      * or as soon as the feed, which reconnects without waiting, is on again */
     bool conn_reopens; /* the loop's conn (the writer's reopens its own, pg__apply_retrying) */
     bool conn_lost;    /* logged as lost, not yet open again */
@@ -452,7 +452,13 @@ static int pg__await_refs(struct store_backend *b, struct store_write *w, char *
  * does not answer. */
 #define PG_CONN_OPEN_MS 1000
 #define PG_READ_MS 5000
-#define PG_CONN_RETRY_MAX_MS 30000
+
+/* The delay before the next try of a lost connection, after one of ms: doubled, up to
+ * store_pg_feed_retry_ms[1] (the feed's and the main connection's alike). */
+static int64_t pg__retry_after(int64_t ms)
+{
+    return ms * 2 > store_pg_feed_retry_ms[1] ? store_pg_feed_retry_ms[1] : ms * 2;
+}
 
 /* The server's notices, and the error it sends before it ends a session (libpq hands that to
  * the notice processor when no query waits for it), go to the log at debug level instead of
@@ -544,7 +550,7 @@ static bool pg__conn_open(struct store_backend *b)
                   PQerrorMessage(b->conn));
         b->conn_lost = true;
         b->conn_retry_at = now;
-        b->conn_retry_ms = 100;
+        b->conn_retry_ms = store_pg_feed_retry_ms[0];
     }
     if (now < b->conn_retry_at)
         return false;
@@ -553,8 +559,7 @@ static bool pg__conn_open(struct store_backend *b)
                   " need the server fail until the next try, in %lld ms",
                   PQerrorMessage(b->conn), (long long)b->conn_retry_ms);
         b->conn_retry_at = time_now_ms() + b->conn_retry_ms;
-        b->conn_retry_ms = b->conn_retry_ms * 2 > PG_CONN_RETRY_MAX_MS ? PG_CONN_RETRY_MAX_MS
-                                                                       : b->conn_retry_ms * 2;
+        b->conn_retry_ms = pg__retry_after(b->conn_retry_ms);
         return false;
     }
     b->pid = PQbackendPID(b->conn);
@@ -624,8 +629,8 @@ static int pg__exec(struct store_backend *b, const char *sql, int nparams,
                   " the next is made on a new connection",
                   sql, PG_READ_MS);
         b->conn_lost = true;
-        b->conn_retry_ms = 200;
-        b->conn_retry_at = time_now_ms() + 100;
+        b->conn_retry_at = time_now_ms() + store_pg_feed_retry_ms[0];
+        b->conn_retry_ms = pg__retry_after(store_pg_feed_retry_ms[0]);
         return -EIO;
     }
     ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
@@ -787,8 +792,7 @@ static void pg__feed_wait(struct store_backend *b)
     b->feed = NULL;
     b->feed_state = PG_FEED_WAIT;
     b->retry_at = time_now_ms() + b->retry_ms;
-    b->retry_ms =
-        b->retry_ms * 2 > store_pg_feed_retry_ms[1] ? store_pg_feed_retry_ms[1] : b->retry_ms * 2;
+    b->retry_ms = pg__retry_after(b->retry_ms);
 }
 
 static void pg__feed_lost(struct store_backend *b)

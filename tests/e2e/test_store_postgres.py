@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import Platform, free_port, packets_dropped, postgres_ctl, throwaway_postgres
+from controllers import stop_clean
 
 @pytest.fixture(scope="module")
 def pg_dir():
@@ -374,10 +375,8 @@ def test_a_restart_of_the_server_or_its_absence_for_a_while_is_outlived(tmp_path
                 c.cursor().execute("UPDATE apps SET memory_mb = 321 WHERE name = 'one'")
             wait_for("another writer's change heard",
                      lambda: p.api("GET", "/v1/apps/one")[1]["memory_mb"] == 321, timeout=30)
-            p.stop()
-            out = p.output()
-            assert "the connection to the database is open again" in out, out[-3000:]
-            assert "Sanitizer" not in out and "runtime error" not in out, out
+            stop_clean([p])
+            assert "the connection to the database is open again" in p.output(), p.output()[-3000:]
         finally:
             p.close()
 
@@ -418,9 +417,7 @@ def test_a_network_cut_from_the_server_is_noticed_and_outlived(tmp_path):
                      lambda: p.api("PUT", "/v1/apps/two", {})[0] in (200, 201), timeout=60)
             wait_for("it leads again",
                      lambda: p.api("GET", "/v1/cells")[1].get("leading"), timeout=60)
-            p.stop()
-            out = p.output()
-            assert "the change feed is reopened" in out, out[-3000:]
-            assert "Sanitizer" not in out and "runtime error" not in out, out
+            stop_clean([p])
+            assert "the change feed is reopened" in p.output(), p.output()[-3000:]
         finally:
             p.close()
