@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Latency at the same offered load: nginx and skiff-router (one worker each, HTTPS/1.1 or, with
+# PROTO=h2, HTTP/2 over TLS, on the same certificate, as tls_bench.sh) in front of the same backend, each sent the same fixed
+# rate of requests, so that their percentiles compare like with like. A closed loop (wrk,
+# tls_bench.sh) gives each proxy the load it can take: the faster one then runs its backend
+# and the clients harder, and its p99 is measured at a higher throughput than the other's.
+#
+# For each size and connection count: each proxy's closed-loop rate (wrk, or h2load for h2;
+# $secs s), then
+# RATE_PCT (default 80) percent of the lower of the two is offered to both in turn with
+# h2load --h1 --rps (the same rate per connection, for about $secs s), REPEAT times, the
+# order alternated.
+# Prints the offered rate, what each completed, and the p50 / p99 / p99.9 of its requests'
+# times (h2load's log: from a request's send to its response's end); 'x' is skiff's p99 over
+# nginx's.
+#   bench/router/fixed_rate.sh   (PROTO=https1|h2, SECONDS_PER_RUN=5, REPEAT=3, RATE_PCT=80,
+#                                 CASES="small 32,small 256,64k 32,64k 256", H2_STREAMS=8)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+router_bin=${ROUTER_BIN:-$root/build/rel/skiff-router}
+secs=${SECONDS_PER_RUN:-5}
+threads=${WRK_THREADS:-2}
+pct=${RATE_PCT:-80}
+repeat=${REPEAT:-3}
+cases=${CASES:-small 32,small 256,64k 32,64k 256}
+proto=${PROTO:-https1}
+streams=${H2_STREAMS:-8}
+case $proto in
+  https1) h2load_proto=--h1 proto_name="HTTPS/1.1" ;;
+  h2) h2load_proto="-m$streams" proto_name="HTTP/2 over TLS ($streams streams a connection)" ;;
+  *) echo "PROTO is https1 or h2" >&2; exit 2 ;;
+esac
+host=bench.localhost
+scheme=https
+[ -x "$router_bin" ] || { echo "build the router first: make build" >&2; exit 1; }
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v h2load >/dev/null ||
+  { echo "needs wrk, nginx and h2load (scripts/deps.sh)" >&2; exit 1; }
+ulimit -n 65536 2>/dev/null || true
+
+. "$here/lib.sh"
+bench_workdir rate
+bench_cert
+bench_backend
+
+nginx_port=$(free_port)
+nginx_conf nginx 1 "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
+own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+skiff_home="$work/skiff"
+router_home "$skiff_home" "127.0.0.1:$backend_port" tls
+skiff_port=$(free_port)
+own_session "$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$skiff_port" \
+  --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" & pids+=($!)
+for p in $backend_port $nginx_port $skiff_port; do wait_port "$p"; done
+
+# at_rate PORT CONNS PATH RPS_PER_CONN -> "completed/s p50 p99 p99.9" (ms)
+at_rate() {
+  local out
+  # a count of requests, not -D: h2load 1.52 with --rps and -D never stops
+  out=$(timeout $((secs + 60)) h2load $h2load_proto -t"$threads" -c"$2" --rps="$4" \
+    -n"$(awk -v r="$4" -v c="$2" -v s="$secs" 'BEGIN { printf "%d", r * c * s }')" \
+    -N10 --log-file="$work/rate.log" -H ":authority: $host" "https://127.0.0.1:$1/$3" 2>&1) || true
+  if ! grep -q " 0 failed, 0 errored" <<<"$out"; then
+    echo "failures from port $1:" >&2
+    grep -E "requests:|status codes:" <<<"$out" >&2 || tail -n 5 <<<"$out" >&2
+  fi
+  local done_rps
+  done_rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  sort -n -k3,3 "$work/rate.log" | awk -v r="${done_rps:-0}" '{v[NR] = $3}
+    function at(q,  i) { i = int(NR * q); if (i < 1) i = 1; return v[i] / 1000 }
+    END { printf "%s %.2f %.2f %.2f\n", r, at(0.5), at(0.99), at(0.999) }'
+  rm -f "$work/rate.log"
+}
+
+printf '%-6s %-5s %8s | %8s %6s %6s %6s | %8s %6s %6s %6s | %5s\n' size conns offered \
+  nginx p50 p99 p99.9 skiff p50 p99 p99.9 x
+IFS=, read -ra case_list <<<"$cases"
+for c in "${case_list[@]}"; do
+  read -r size conns <<<"$c"
+  if [ "$proto" = h2 ]; then
+    n_max=$(run_h2load_once "$nginx_port" "$conns" "$size" https | awk '{print $1}')
+    s_max=$(run_h2load_once "$skiff_port" "$conns" "$size" https | awk '{print $1}')
+  else
+    n_max=$(run_wrk_once "$nginx_port" "$conns" "$size" | awk '{print $1}')
+    s_max=$(run_wrk_once "$skiff_port" "$conns" "$size" | awk '{print $1}')
+  fi
+  per_conn=$(awk -v a="$n_max" -v b="$s_max" -v p="$pct" -v c="$conns" \
+    'BEGIN { m = (a < b ? a : b); r = m * p / 100 / c; printf "%.1f", (r < 0.1 ? 0.1 : r) }')
+  n_runs="" s_runs=""
+  for k in $(seq "$repeat"); do
+    if ((k % 2)); then
+      n_runs+="$(at_rate "$nginx_port" "$conns" "$size" "$per_conn")"$'\n'
+      s_runs+="$(at_rate "$skiff_port" "$conns" "$size" "$per_conn")"$'\n'
+    else
+      s_runs+="$(at_rate "$skiff_port" "$conns" "$size" "$per_conn")"$'\n'
+      n_runs+="$(at_rate "$nginx_port" "$conns" "$size" "$per_conn")"$'\n'
+    fi
+  done
+  read -r n n50 n99 n999 < <(printf '%s' "$n_runs" | median)
+  read -r s s50 s99 s999 < <(printf '%s' "$s_runs" | median)
+  printf '%-6s %-5s %8.0f | %8.0f %6.2f %6.2f %6.2f | %8.0f %6.2f %6.2f %6.2f | %5s\n' "$size" "$conns" \
+    "$(awk -v r="$per_conn" -v c="$conns" 'BEGIN { print r * c }')" \
+    "$n" "$n50" "$n99" "$n999" "$s" "$s50" "$s99" "$s999" \
+    "$(awk -v a="$s99" -v b="$n99" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+done
+echo "($proto_name at a fixed offered rate, ${pct}% of the lower closed-loop rate of the two: completed"
+echo " requests/s and p50 / p99 / p99.9 ms per request, medians of $repeat runs of ${secs} s, one worker"
+echo " each; 'x' = skiff's p99 / nginx's)"
