@@ -27,8 +27,8 @@ cases=${CASES:-small 32,small 256,64k 32,64k 256}
 proto=${PROTO:-https1}
 streams=${H2_STREAMS:-8}
 case $proto in
-  https1) h2load_proto=--h1 proto_name="HTTPS/1.1" ;;
-  h2) h2load_proto="-m$streams" proto_name="HTTP/2 over TLS ($streams streams a connection)" ;;
+  https1) wire=h1 proto_name="HTTPS/1.1" ;;
+  h2) wire=h2 proto_name="HTTP/2 over TLS ($streams streams a connection)" ;;
   *) echo "PROTO is https1 or h2" >&2; exit 2 ;;
 esac
 host=bench.localhost
@@ -53,25 +53,6 @@ own_session "$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" -
   --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" & pids+=($!)
 for p in $backend_port $nginx_port $skiff_port; do wait_port "$p"; done
 
-# at_rate PORT CONNS PATH RPS_PER_CONN -> "completed/s p50 p99 p99.9" (ms)
-at_rate() {
-  local out
-  # a count of requests, not -D: h2load 1.52 with --rps and -D never stops
-  out=$(timeout $((secs + 60)) h2load $h2load_proto -t"$threads" -c"$2" --rps="$4" \
-    -n"$(awk -v r="$4" -v c="$2" -v s="$secs" 'BEGIN { printf "%d", r * c * s }')" \
-    -N10 --log-file="$work/rate.log" -H ":authority: $host" "https://127.0.0.1:$1/$3" 2>&1) || true
-  if ! grep -q " 0 failed, 0 errored" <<<"$out"; then
-    echo "failures from port $1:" >&2
-    grep -E "requests:|status codes:" <<<"$out" >&2 || tail -n 5 <<<"$out" >&2
-  fi
-  local done_rps
-  done_rps=$(awk '/^finished in/ {print $4}' <<<"$out")
-  sort -n -k3,3 "$work/rate.log" | awk -v r="${done_rps:-0}" '{v[NR] = $3}
-    function at(q,  i) { i = int(NR * q); if (i < 1) i = 1; return v[i] / 1000 }
-    END { printf "%s %.2f %.2f %.2f\n", r, at(0.5), at(0.99), at(0.999) }'
-  rm -f "$work/rate.log"
-}
-
 printf '%-6s %-5s %8s | %8s %6s %6s %6s | %8s %6s %6s %6s | %5s\n' size conns offered \
   nginx p50 p99 p99.9 skiff p50 p99 p99.9 x
 IFS=, read -ra case_list <<<"$cases"
@@ -84,16 +65,15 @@ for c in "${case_list[@]}"; do
     n_max=$(run_wrk_once "$nginx_port" "$conns" "$size" | awk '{print $1}')
     s_max=$(run_wrk_once "$skiff_port" "$conns" "$size" | awk '{print $1}')
   fi
-  per_conn=$(awk -v a="$n_max" -v b="$s_max" -v p="$pct" -v c="$conns" \
-    'BEGIN { m = (a < b ? a : b); r = m * p / 100 / c; printf "%.1f", (r < 0.1 ? 0.1 : r) }')
+  per_conn=$(rate_per_conn "$n_max" "$s_max" "$pct" "$conns")
   n_runs="" s_runs=""
   for k in $(seq "$repeat"); do
     if ((k % 2)); then
-      n_runs+="$(at_rate "$nginx_port" "$conns" "$size" "$per_conn")"$'\n'
-      s_runs+="$(at_rate "$skiff_port" "$conns" "$size" "$per_conn")"$'\n'
+      n_runs+="$(run_at_rate "$nginx_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
+      s_runs+="$(run_at_rate "$skiff_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
     else
-      s_runs+="$(at_rate "$skiff_port" "$conns" "$size" "$per_conn")"$'\n'
-      n_runs+="$(at_rate "$nginx_port" "$conns" "$size" "$per_conn")"$'\n'
+      s_runs+="$(run_at_rate "$skiff_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
+      n_runs+="$(run_at_rate "$nginx_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
     fi
   done
   read -r n n50 n99 n999 < <(printf '%s' "$n_runs" | median)

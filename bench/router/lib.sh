@@ -1,5 +1,5 @@
 # What the router benchmarks share (sourced by bench.sh, h2_bench.sh, h2c_bench.sh,
-# instr_bench.sh, tls_bench.sh and platform_bench.sh): ports, nginx configs, a certificate, a
+# instr_bench.sh, tls_bench.sh, fixed_rate.sh and platform_bench.sh): ports, nginx configs, a certificate, a
 # router's home, a standalone router, wrk runs with the CPU each process spent on them,
 # medians. Uses $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk
 # threads), $host (the Host header) and $router_bin.
@@ -194,6 +194,37 @@ run_h2load_once() {
     i=$((i + 1))
   done
   echo "${rps:-0} ${p99:-0}$cpus"
+}
+
+# run_at_rate ADDR CONNS PATH PER_CONN SCHEME PROTO -> "completed/s p50 p99 p99.9" (ms): h2load
+# offering PER_CONN requests a second on each of CONNS connections for about $secs s (PROTO h1:
+# HTTP/1.1; h2: HTTP/2, $streams streams a connection, by ALPN over https, by prior knowledge
+# over http), :authority $host; the percentiles are of the requests' times in h2load's log,
+# from a request's send to its response's end.
+run_at_rate() {
+  local addr=$1 conns=$2 path=$3 rate=$4 scheme=$5 out done_rps
+  local -a proto=(--h1)
+  [ "$6" = h2 ] && proto=(-m"$streams")
+  [[ $addr == *:* ]] || addr=127.0.0.1:$addr
+  # a count of requests, not -D: h2load 1.52 with --rps and -D never stops
+  out=$(timeout $((secs + 60)) h2load "${proto[@]}" -t"$threads" -c"$conns" --rps="$rate" \
+    -n"$(awk -v r="$rate" -v c="$conns" -v s="$secs" 'BEGIN { printf "%d", r * c * s }')" \
+    -N10 --log-file="$work/rate.log" -H ":authority: $host" "$scheme://$addr/$path" 2>&1) || true
+  if ! grep -q " 0 failed, 0 errored" <<<"$out"; then
+    echo "failures from $addr:" >&2
+    grep -E "requests:|status codes:" <<<"$out" >&2 || tail -n 5 <<<"$out" >&2
+  fi
+  done_rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  sort -n -k3,3 "$work/rate.log" 2>/dev/null | awk -v r="${done_rps:-0}" '{v[NR] = $3}
+    function at(q,  i) { i = int(NR * q); if (i < 1) i = 1; return (NR ? v[i] / 1000 : 0) }
+    END { printf "%s %.2f %.2f %.2f\n", r, at(0.5), at(0.99), at(0.999) }'
+  rm -f "$work/rate.log"
+}
+
+# rate_per_conn RATE_A RATE_B PCT CONNS: PCT percent of the lower of two rates, per connection
+rate_per_conn() {
+  awk -v a="$1" -v b="$2" -v p="$3" -v c="$4" \
+    'BEGIN { m = (a < b ? a : b); r = m * p / 100 / c; printf "%.1f", (r < 0.1 ? 0.1 : r) }'
 }
 
 # The median of each column of the lines on stdin (one run a line).

@@ -17,6 +17,10 @@
 # SIZES ("small 64k"), CONNS ("32 256") and PROTOS ("https1 h2") choose the rows; PROTOS=none
 # skips HTTPS: CONNS=256 PROTOS=https1 SIZES=small for the 256-connection rows alone.
 # HTTP_ROWS=no skips the plain HTTP table (HTTP_ROWS=no PROTOS="https1 h2": the TLS rows alone).
+# RATE_PCT=N adds, under each row, the platform's router and nginx offered the same rate, N
+# percent of the lower of their two closed-loop rates (h2load --rps, taking turns): p50 / p99
+# / p99.9 at equal load, where the closed loop compares p99s at two throughputs
+# (bench/router/README.md, "The same offered load").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -99,6 +103,28 @@ declare -A pids_of=([platform]="$router_pid self:$skiffd_pid" [loopback]="$alone
 cases=(platform loopback nginx direct_veth direct_lo)
 declare -A runs
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+rate_pct=${RATE_PCT:-}
+# same_rate SCHEME PROTO PLATFORM_ADDR NGINX_ADDR CONNS SIZE PLATFORM_RATE NGINX_RATE: with
+# RATE_PCT, a line with both offered the same rate (run_at_rate), $repeat times each in turn
+same_rate() {
+  [ -n "$rate_pct" ] || return 0
+  local per_conn k pr="" nr="" p50 p99 p999 n50 n99 n999 q
+  per_conn=$(rate_per_conn "$7" "$8" "$rate_pct" "$5")
+  for k in $(seq "$repeat"); do
+    if ((k % 2)); then
+      pr+="$(run_at_rate "$3" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
+      nr+="$(run_at_rate "$4" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
+    else
+      nr+="$(run_at_rate "$4" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
+      pr+="$(run_at_rate "$3" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
+    fi
+  done
+  read -r q p50 p99 p999 < <(printf '%s' "$pr" | median)
+  read -r q n50 n99 n999 < <(printf '%s' "$nr" | median)
+  printf '  at %s req/s offered to both: platform p50/p99/p99.9 %s / %s / %s ms, nginx %s / %s / %s ms: p99 %sx\n' \
+    "$(awk -v r="$per_conn" -v c="$5" 'BEGIN { printf "%.0f", r * c }')" "$p50" "$p99" "$p999" \
+    "$n50" "$n99" "$n999" "$(ratio "$p99" "$n99")"
+}
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$http_rows" = no ] && sizes_http="" || sizes_http=$sizes
@@ -124,6 +150,7 @@ for size in $sizes_http; do
     printf '%-6s %-5s | %8.0f %6.2f %4s %4s | %8.0f %6.2f %4s %4s | %8.0f %6.2f %4s %4s | %8.0f %6.2f | %8.0f %6.2f | %6s %6s\n' \
       "$size" "$conns" "$p" "$pp" "$pc" "$ps" "$l" "$lp" "$lc" "" "$n" "$np" "$nc" "" \
       "$dv" "$dvp" "$dl" "$dlp" "$(ratio "$p" "$n")" "$(ratio "$p" "$l")"
+    same_rate http h1 "${addr_of[platform]}" "${addr_of[nginx]}" "$conns" "$size" "$p" "$n"
   done
 done
 echo "(requests/s, p99 latency in ms, CPU microseconds per request of the proxy (cpu) and of"
@@ -165,6 +192,8 @@ for proto in $protos; do
       read -r n np nc < <(printf '%s' "${runs[nginx]}" | median)
       printf '%-6s %-6s %-5s | %8.0f %7.2f %5s %5s | %8.0f %7.2f %5s | %6s %6s\n' \
         "$proto" "$size" "$conns" "$p" "$pp" "$pc" "$ps" "$n" "$np" "$nc" "$(ratio "$p" "$n")" "$(ratio "$pp" "$np")"
+      same_rate https "$([ "$proto" = h2 ] && echo h2 || echo h1)" "${tls_addr_of[platform]}" \
+        "${tls_addr_of[nginx]}" "$conns" "$size" "$p" "$n"
     done
   done
 done
