@@ -607,9 +607,10 @@ static PGresult *pg__exec_within(struct store_backend *b, const char *sql, int n
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
  * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
  * otherwise. On the loop's connection (conn_reopens), made on a connection opened
- * again when the last was lost, and waited for PG_READ_MS at most. */
-static int pg__exec(struct store_backend *b, const char *sql, int nparams,
-                    const char *const *params, PGresult **out)
+ * again when the last was lost, and waited for PG_READ_MS at most; a read (read) that
+ * connection's end failed is made once more on a new one. */
+static int pg__run(struct store_backend *b, const char *sql, int nparams, const char *const *params,
+                   PGresult **out, bool read)
 {
     if (b->conn_reopens && !pg__conn_open(b))
         return -EIO; /* logged once lost, and at each try */
@@ -619,8 +620,8 @@ static int pg__exec(struct store_backend *b, const char *sql, int nparams,
                         : PQexecParams(b->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     /* the connection ended under a read (the server's goodbye was not in yet): a read is
      * made once more, on a new one; a write is not, as it may have been made */
-    if (b->conn_reopens && !silent && (!res || PQresultStatus(res) == PGRES_FATAL_ERROR) &&
-        PQstatus(b->conn) == CONNECTION_BAD && str_has_prefix(sql, "SELECT ") && pg__conn_open(b)) {
+    if (b->conn_reopens && read && !silent && (!res || PQresultStatus(res) == PGRES_FATAL_ERROR) &&
+        PQstatus(b->conn) == CONNECTION_BAD && pg__conn_open(b)) {
         PQclear(res);
         res = pg__exec_within(b, sql, nparams, params, &silent);
     }
@@ -651,12 +652,26 @@ static int pg__exec(struct store_backend *b, const char *sql, int nparams,
     return rc;
 }
 
-/* A read of one row: as pg__exec, and -ENOENT when there is none; on 0 *out holds the
+/* A statement that changes something, or is part of a transaction: never made twice. */
+static int pg__exec(struct store_backend *b, const char *sql, int nparams,
+                    const char *const *params, PGresult **out)
+{
+    return pg__run(b, sql, nparams, params, out, false);
+}
+
+/* A read alone: made once more on a new connection when the loop's ended under it. */
+static int pg__select(struct store_backend *b, const char *sql, int nparams,
+                      const char *const *params, PGresult **out)
+{
+    return pg__run(b, sql, nparams, params, out, true);
+}
+
+/* A read of one row: as pg__select, and -ENOENT when there is none; on 0 *out holds the
  * (first) row and is the caller's to PQclear. */
 static int pg__read_row(struct store_backend *b, const char *sql, int nparams,
                         const char *const *params, PGresult **out)
 {
-    if (pg__exec(b, sql, nparams, params, out) < 0)
+    if (pg__select(b, sql, nparams, params, out) < 0)
         return -EIO;
     if (PQntuples(*out) > 0)
         return 0;
@@ -1383,7 +1398,7 @@ static int pg__app_missed(struct store_backend *b, const char *guid)
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT 1 FROM apps WHERE guid = $1", 1, v, &res) < 0)
+    if (pg__select(b, "SELECT 1 FROM apps WHERE guid = $1", 1, v, &res) < 0)
         return -EIO;
     int rc = PQntuples(res) > 0 ? -ESTALE : -ENOENT;
     PQclear(res);
@@ -1523,7 +1538,7 @@ static int pg__app_get_query(struct store_backend *b, const char *ref, struct st
     struct store_app *app = pg__read_app(res, 0);
     PQclear(res);
     const char *g[] = {app->guid};
-    if (pg__exec(
+    if (pg__select(
             b,
             "SELECT type, command, instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS
             ", function" STORE_PROCESS_CHECK_COLUMNS " FROM processes"
@@ -1533,10 +1548,10 @@ static int pg__app_get_query(struct store_backend *b, const char *ref, struct st
     for (int r = 0; r < PQntuples(res); r++)
         pg__add_process(app, res, r, 0);
     PQclear(res);
-    if (pg__exec(b,
-                 "SELECT name, value FROM env_vars WHERE app_guid = $1"
-                 " ORDER BY name COLLATE \"C\"",
-                 1, g, &res) < 0)
+    if (pg__select(b,
+                   "SELECT name, value FROM env_vars WHERE app_guid = $1"
+                   " ORDER BY name COLLATE \"C\"",
+                   1, g, &res) < 0)
         goto fail;
     for (int r = 0; r < PQntuples(res); r++)
         pg__add_env(app, res, r, 0);
@@ -1571,12 +1586,12 @@ static int pg__app_list_query(struct store_backend *b, const char *space_guid,
     const char *v[] = {space_guid};
     int np = space_guid ? 1 : 0;
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 space_guid ? "SELECT " PG_APP_COLUMNS " FROM apps WHERE space_guid = $1"
-                              " ORDER BY name COLLATE \"C\""
-                            : "SELECT " PG_APP_COLUMNS " FROM apps ORDER BY name COLLATE \"C\","
-                              " space_guid COLLATE \"C\"",
-                 np, v, &res) < 0)
+    if (pg__select(b,
+                   space_guid ? "SELECT " PG_APP_COLUMNS " FROM apps WHERE space_guid = $1"
+                                " ORDER BY name COLLATE \"C\""
+                              : "SELECT " PG_APP_COLUMNS " FROM apps ORDER BY name COLLATE \"C\","
+                                " space_guid COLLATE \"C\"",
+                   np, v, &res) < 0)
         return -EIO;
     count = (size_t)PQntuples(res);
     apps = xcalloc(count + 1, sizeof *apps);
@@ -1587,32 +1602,32 @@ static int pg__app_list_query(struct store_backend *b, const char *space_guid,
     if (count)
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, pg__cmp_guid);
-    if (pg__exec(b,
-                 space_guid ? "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
-                              ", function" STORE_PROCESS_CHECK_COLUMNS
-                              " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
-                              " space_guid = $1) ORDER BY app_guid, type <> 'web',"
-                              " type COLLATE \"C\""
-                            : "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
-                              ", function" STORE_PROCESS_CHECK_COLUMNS
-                              " FROM processes ORDER BY app_guid, type <> 'web',"
-                              " type COLLATE \"C\"",
-                 np, v, &res) < 0)
+    if (pg__select(b,
+                   space_guid ? "SELECT app_guid, type, command, instances, memory_mb, "
+                                "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                ", function" STORE_PROCESS_CHECK_COLUMNS
+                                " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
+                                " space_guid = $1) ORDER BY app_guid, type <> 'web',"
+                                " type COLLATE \"C\""
+                              : "SELECT app_guid, type, command, instances, memory_mb, "
+                                "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                ", function" STORE_PROCESS_CHECK_COLUMNS
+                                " FROM processes ORDER BY app_guid, type <> 'web',"
+                                " type COLLATE \"C\"",
+                   np, v, &res) < 0)
         goto fail;
     struct store_app *app;
     for (int r = 0; r < PQntuples(res); r++)
         if ((app = pg__find_guid(by_guid, count, PQgetvalue(res, r, 0))))
             pg__add_process(app, res, r, 1);
     PQclear(res);
-    if (pg__exec(b,
-                 space_guid ? "SELECT app_guid, name, value FROM env_vars WHERE app_guid IN"
-                              " (SELECT guid FROM apps WHERE space_guid = $1)"
-                              " ORDER BY app_guid, name COLLATE \"C\""
-                            : "SELECT app_guid, name, value FROM env_vars"
-                              " ORDER BY app_guid, name COLLATE \"C\"",
-                 np, v, &res) < 0)
+    if (pg__select(b,
+                   space_guid ? "SELECT app_guid, name, value FROM env_vars WHERE app_guid IN"
+                                " (SELECT guid FROM apps WHERE space_guid = $1)"
+                                " ORDER BY app_guid, name COLLATE \"C\""
+                              : "SELECT app_guid, name, value FROM env_vars"
+                                " ORDER BY app_guid, name COLLATE \"C\"",
+                   np, v, &res) < 0)
         goto fail;
     for (int r = 0; r < PQntuples(res); r++)
         if ((app = pg__find_guid(by_guid, count, PQgetvalue(res, r, 0))))
@@ -2076,13 +2091,14 @@ static int pg__route_list_query(struct store_backend *b, const char *app_guid,
 {
     const char *v[] = {app_guid};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only,"
-                            " protocol FROM routes WHERE app_guid = $1"
-                            " ORDER BY host COLLATE \"C\", path COLLATE \"C\""
-                          : "SELECT guid, host, path, app_guid, domain, balance, https_only,"
-                            " protocol FROM routes ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
-                 app_guid ? 1 : 0, v, &res) < 0)
+    if (pg__select(b,
+                   app_guid
+                       ? "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                         " protocol FROM routes WHERE app_guid = $1"
+                         " ORDER BY host COLLATE \"C\", path COLLATE \"C\""
+                       : "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                         " protocol FROM routes ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
+                   app_guid ? 1 : 0, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
     struct store_route *routes = xcalloc(count + 1, sizeof *routes);
@@ -2329,8 +2345,8 @@ static int pg__cert_chains_query(struct store_backend *b, struct store_write *w)
     store_strv_free(w->chains);
     w->refs = w->chains = NULL;
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT domain, cert FROM domain_certs ORDER BY domain COLLATE \"C\"", 0, NULL,
-                 &res) < 0)
+    if (pg__select(b, "SELECT domain, cert FROM domain_certs ORDER BY domain COLLATE \"C\"", 0,
+                   NULL, &res) < 0)
         return -EIO;
     size_t n = (size_t)PQntuples(res);
     w->refs = xcalloc(n + 1, sizeof *w->refs);
@@ -2352,8 +2368,8 @@ static int pg__cert_pairs_query(struct store_backend *b, struct store_write *w)
     store_strv_free_wiped(w->keys);
     w->refs = w->chains = w->keys = NULL;
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT domain, cert, key FROM domain_certs ORDER BY domain COLLATE \"C\"", 0,
-                 NULL, &res) < 0)
+    if (pg__select(b, "SELECT domain, cert, key FROM domain_certs ORDER BY domain COLLATE \"C\"", 0,
+                   NULL, &res) < 0)
         return -EIO;
     size_t n = (size_t)PQntuples(res);
     w->refs = xcalloc(n + 1, sizeof *w->refs);
@@ -2538,8 +2554,8 @@ static int pg__domain_list_query(struct store_backend *b, char ***names, bool **
                                  char ***org_guids)
 {
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT name, shared, org_guid FROM domains ORDER BY name COLLATE \"C\"", 0,
-                 NULL, &res) < 0)
+    if (pg__select(b, "SELECT name, shared, org_guid FROM domains ORDER BY name COLLATE \"C\"", 0,
+                   NULL, &res) < 0)
         return -EIO;
     size_t n = (size_t)PQntuples(res);
     char **v = xcalloc(n + 1, sizeof *v);
@@ -2652,7 +2668,7 @@ static int pg__domain_cert_get(struct store_backend *b, const char *domain, char
     }
     PGresult *res = NULL;
     const char *v[] = {domain};
-    if (pg__exec(b, "SELECT cert, key FROM domain_certs WHERE domain = $1", 1, v, &res) < 0)
+    if (pg__select(b, "SELECT cert, key FROM domain_certs WHERE domain = $1", 1, v, &res) < 0)
         return -EIO;
     int rc = PQntuples(res) == 1 ? 0 : -ENOENT;
     if (rc == 0) {
@@ -2673,8 +2689,8 @@ static int pg__cmp_str(const void *x, const void *y)
 static int pg__domain_cert_list(struct store_backend *b, char ***domains)
 {
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT domain FROM domain_certs ORDER BY domain COLLATE \"C\"", 0, NULL,
-                 &res) < 0)
+    if (pg__select(b, "SELECT domain FROM domain_certs ORDER BY domain COLLATE \"C\"", 0, NULL,
+                   &res) < 0)
         return -EIO;
     size_t n = (size_t)PQntuples(res);
     char **v = xcalloc(n + b->n_dom_pending + 1, sizeof *v);
@@ -3185,11 +3201,11 @@ static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid
 static int pg__blob_refs(struct store_backend *b, char ***digests)
 {
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT digest FROM packages WHERE digest IS NOT NULL"
-                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL"
-                 " UNION SELECT blobs FROM droplets WHERE blobs IS NOT NULL",
-                 0, NULL, &res) < 0)
+    if (pg__select(b,
+                   "SELECT digest FROM packages WHERE digest IS NOT NULL"
+                   " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL"
+                   " UNION SELECT blobs FROM droplets WHERE blobs IS NOT NULL",
+                   0, NULL, &res) < 0)
         return -EIO;
     int rows = PQntuples(res);
     char **v = xcalloc((size_t)rows + 1, sizeof *v);
@@ -3236,12 +3252,12 @@ static int pg__audit_list(struct store_backend *b, const char *space_guid, const
     const char *v[] = {space_guid, org_guid, target, pg__num(&before, before_id),
                        pg__num(&lim, (int64_t)limit)};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT id, at, type, actor, actor_guid, token_guid, target, space_guid,"
-                 " org_guid, detail FROM audit_events WHERE ($1::text IS NULL OR space_guid = $1)"
-                 " AND ($2::text IS NULL OR org_guid = $2) AND ($3::text IS NULL OR target = $3)"
-                 " AND ($4::bigint <= 0 OR id < $4::bigint) ORDER BY id DESC LIMIT $5::bigint",
-                 5, v, &res) < 0)
+    if (pg__select(b,
+                   "SELECT id, at, type, actor, actor_guid, token_guid, target, space_guid,"
+                   " org_guid, detail FROM audit_events WHERE ($1::text IS NULL OR space_guid = $1)"
+                   " AND ($2::text IS NULL OR org_guid = $2) AND ($3::text IS NULL OR target = $3)"
+                   " AND ($4::bigint <= 0 OR id < $4::bigint) ORDER BY id DESC LIMIT $5::bigint",
+                   5, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
     struct store_audit_event *list = xcalloc(count + 1, sizeof *list);
@@ -3304,12 +3320,13 @@ static int pg__task_list_query(struct store_backend *b, const char *app_guid,
 {
     const char *v[] = {app_guid};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT guid, app_guid, sequence_id, name, command, state, failure_reason, "
-                 "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at FROM tasks"
-                 " WHERE ($1::text IS NULL OR app_guid = $1)"
-                 " ORDER BY app_guid COLLATE \"C\", sequence_id",
-                 1, v, &res) < 0)
+    if (pg__select(
+            b,
+            "SELECT guid, app_guid, sequence_id, name, command, state, failure_reason, "
+            "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at FROM tasks"
+            " WHERE ($1::text IS NULL OR app_guid = $1)"
+            " ORDER BY app_guid COLLATE \"C\", sequence_id",
+            1, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
     struct store_task *list = xcalloc(count + 1, sizeof *list);
@@ -3586,8 +3603,8 @@ static int pg__doc_each_query(struct store_backend *b, const char *kind,
 {
     const char *v[] = {kind};
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT id, body FROM documents WHERE kind = $1 ORDER BY id COLLATE \"C\"", 1,
-                 v, &res) < 0)
+    if (pg__select(b, "SELECT id, body FROM documents WHERE kind = $1 ORDER BY id COLLATE \"C\"", 1,
+                   v, &res) < 0)
         return -EIO;
     for (int r = 0; r < PQntuples(res); r++)
         if (fn(ctx, PQgetvalue(res, r, 0), PQgetvalue(res, r, 1)))
