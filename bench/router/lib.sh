@@ -104,6 +104,29 @@ bench_cert() {
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 }
 
+# tls_proxies_start: bench_cert and bench_backend, then nginx (one worker) terminating TLS with
+# that certificate ($nginx_port, $nginx_pid) and $router_bin (one worker) on its HTTPS listener
+# with the same one as its default ($skiff_port, $skiff_pid, home $skiff_home), both in front
+# of the backend, each in a session of its own; returns once all three accept
+tls_proxies_start() {
+  bench_cert
+  bench_backend
+  nginx_port=$(free_port)
+  nginx_conf nginx 1 "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
+  own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+  skiff_home="$work/skiff"
+  router_home "$skiff_home" "127.0.0.1:$backend_port" tls
+  skiff_port=$(free_port)
+  own_session "$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$skiff_port" \
+    --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" &
+  skiff_pid=$!
+  pids+=("$skiff_pid")
+  local p
+  for p in $backend_port $nginx_port $skiff_port; do wait_port "$p"; done
+}
+
 # router_home HOME BACKEND [tls]: a router's home with a saved table of one route, $host to
 # BACKEND (HOST:PORT); with tls, bench_cert's certificate as its default one
 router_home() {

@@ -24,25 +24,7 @@ ulimit -n 65536 2>/dev/null || true
 . "$here/lib.sh"
 bench_workdir tls
 
-# one certificate for both
-bench_cert
-
-bench_backend
-
-nginx_port=$(free_port)
-# nginx's proxy_conf, listening with TLS on the same certificate, h2 and http/1.1 by ALPN (as
-# the router's listener: lib.sh's tls_proxy_conf)
-nginx_conf nginx 1 "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
-own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
-nginx_pid=$!
-
-skiff_home="$work/skiff"
-router_home "$skiff_home" "127.0.0.1:$backend_port" tls
-skiff_port=$(free_port)
-own_session "$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$skiff_port" \
-  --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" & pids+=($!)
-skiff_pid=$!
-for p in $backend_port $nginx_port $skiff_port; do wait_port "$p"; done
+tls_proxies_start
 
 for name in nginx skiff; do
   port_var=${name}_port
