@@ -8,9 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/start_trace.h"
 #include "cell/cell.h"
 #include "common/err.h"
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "scheduler/instance_env.h"
