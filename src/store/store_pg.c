@@ -796,18 +796,22 @@ static void pg__feed_outdate_all(struct store_backend *b)
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
  * delay, which doubles up to its bound. The owner stops watching first: the descriptor is
- * closed and its number may come back with the next try. */
+ * closed and its number may come back with the next try. The feed is waiting before the
+ * owner hears of it, as the owner asks when the next try is due: asked earlier, that read
+ * the lost connection again and lost it a second time (two lines logged, the delay doubled
+ * twice). */
 static void pg__feed_wait(struct store_backend *b)
 {
-    pg__feed_watch(b, -1, false);
-    if (!b->watch && !b->kept)
-        b->kept = b->feed;
-    else
-        PQfinish(b->feed);
+    PGconn *old = b->feed;
     b->feed = NULL;
     b->feed_state = PG_FEED_WAIT;
     b->retry_at = time_now_ms() + b->retry_ms;
     b->retry_ms = pg__retry_after(b->retry_ms);
+    pg__feed_watch(b, -1, false);
+    if (!b->watch && !b->kept)
+        b->kept = old;
+    else
+        PQfinish(old);
 }
 
 static void pg__feed_lost(struct store_backend *b)
