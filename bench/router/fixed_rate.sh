@@ -55,18 +55,7 @@ for c in "${case_list[@]}"; do
     s_max=$(run_wrk_once "$skiff_port" "$conns" "$size" | awk '{print $1}')
   fi
   per_conn=$(rate_per_conn "$n_max" "$s_max" "$pct" "$conns")
-  n_runs="" s_runs=""
-  for k in $(seq "$repeat"); do
-    if ((k % 2)); then
-      n_runs+="$(run_at_rate "$nginx_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
-      s_runs+="$(run_at_rate "$skiff_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
-    else
-      s_runs+="$(run_at_rate "$skiff_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
-      n_runs+="$(run_at_rate "$nginx_port" "$conns" "$size" "$per_conn" https "$wire")"$'\n'
-    fi
-  done
-  read -r n n50 n99 n999 < <(printf '%s' "$n_runs" | median)
-  read -r s s50 s99 s999 < <(printf '%s' "$s_runs" | median)
+  read -r n n50 n99 n999 s s50 s99 s999 < <(at_rate_both "$nginx_port" "$skiff_port" "$conns" "$size" "$per_conn" https "$wire")
   printf '%-6s %-5s %8.0f | %8.0f %6.2f %6.2f %6.2f | %8.0f %6.2f %6.2f %6.2f | %5s\n' "$size" "$conns" \
     "$(awk -v r="$per_conn" -v c="$conns" 'BEGIN { print r * c }')" \
     "$n" "$n50" "$n99" "$n999" "$s" "$s50" "$s99" "$s999" \

@@ -244,6 +244,23 @@ run_at_rate() {
   rm -f "$work/rate.log"
 }
 
+# at_rate_both ADDR_A ADDR_B CONNS PATH PER_CONN SCHEME PROTO -> "A's median B's median": run_at_rate
+# on A and B $repeat times each, taking turns (A first in odd rounds, B first in even ones);
+# each median is "completed/s p50 p99 p99.9"
+at_rate_both() {
+  local k a="" b=""
+  for k in $(seq "$repeat"); do
+    if ((k % 2)); then
+      a+="$(run_at_rate "$1" "$3" "$4" "$5" "$6" "$7")"$'\n'
+      b+="$(run_at_rate "$2" "$3" "$4" "$5" "$6" "$7")"$'\n'
+    else
+      b+="$(run_at_rate "$2" "$3" "$4" "$5" "$6" "$7")"$'\n'
+      a+="$(run_at_rate "$1" "$3" "$4" "$5" "$6" "$7")"$'\n'
+    fi
+  done
+  echo "$(printf '%s' "$a" | median) $(printf '%s' "$b" | median)"
+}
+
 # rate_per_conn RATE_A RATE_B PCT CONNS: PCT percent of the lower of two rates, per connection
 rate_per_conn() {
   awk -v a="$1" -v b="$2" -v p="$3" -v c="$4" \

@@ -105,22 +105,12 @@ declare -A runs
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 rate_pct=${RATE_PCT:-}
 # same_rate SCHEME PROTO PLATFORM_ADDR NGINX_ADDR CONNS SIZE PLATFORM_RATE NGINX_RATE: with
-# RATE_PCT, a line with both offered the same rate (run_at_rate), $repeat times each in turn
+# RATE_PCT, a line with both offered the same rate (at_rate_both)
 same_rate() {
   [ -n "$rate_pct" ] || return 0
-  local per_conn k pr="" nr="" p50 p99 p999 n50 n99 n999 q
+  local per_conn p50 p99 p999 n50 n99 n999 q
   per_conn=$(rate_per_conn "$7" "$8" "$rate_pct" "$5")
-  for k in $(seq "$repeat"); do
-    if ((k % 2)); then
-      pr+="$(run_at_rate "$3" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
-      nr+="$(run_at_rate "$4" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
-    else
-      nr+="$(run_at_rate "$4" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
-      pr+="$(run_at_rate "$3" "$5" "$6" "$per_conn" "$1" "$2")"$'\n'
-    fi
-  done
-  read -r q p50 p99 p999 < <(printf '%s' "$pr" | median)
-  read -r q n50 n99 n999 < <(printf '%s' "$nr" | median)
+  read -r q p50 p99 p999 q n50 n99 n999 < <(at_rate_both "$3" "$4" "$5" "$6" "$per_conn" "$1" "$2")
   printf '  at %s req/s offered to both: platform p50/p99/p99.9 %s / %s / %s ms, nginx %s / %s / %s ms: p99 %sx\n' \
     "$(awk -v r="$per_conn" -v c="$5" 'BEGIN { printf "%.0f", r * c }')" "$p50" "$p99" "$p999" \
     "$n50" "$n99" "$n999" "$(ratio "$p99" "$n99")"
