@@ -164,6 +164,9 @@ struct bus_nats {
     const char *speaking; /* the id of the router whose lines are being read, or NULL */
     struct bus_certs_read *certs_read; /* the certificates' read under way, or NULL */
     bool certs_again;                  /* asked for meanwhile: read once more after it */
+    /* whether this skiffd speaks for the routes on NATS (bus_set_announcing): only the one that
+     * runs the instances does, or a router on NATS would take each skiffd's table in turn */
+    bool announcing;
 };
 
 /* The store's read of the certificates for the routers on NATS; bus NULL once the bus is
@@ -245,7 +248,7 @@ static void bus__nats_announce(struct bus *bus, const char *table)
 static void bus__nats_on_announce(uv_timer_t *t)
 {
     struct bus *bus = t->data;
-    if (bus->nats->table)
+    if (bus->nats->table && bus->nats->announcing)
         bus__nats_announce(bus, bus->nats->table);
 }
 
@@ -304,8 +307,8 @@ static void bus__drain_one_done(struct bus *bus, uint64_t id);
 static void bus__nats_drain_send(struct bus *bus, struct bus_drain *d)
 {
     struct bus_nats *n = bus->nats;
-    size_t live = bus__nats_live_routers(bus);
-    if (!live)
+    size_t live = n->announcing ? bus__nats_live_routers(bus) : 0;
+    if (!live) /* a drain goes where the table went */
         return;
     n->waits = xrealloc(n->waits, (n->n_waits + 1) * sizeof *n->waits);
     n->waits[n->n_waits++] = (struct bus_nats_wait){d->id, (int)live};
@@ -374,8 +377,9 @@ static void bus__nats_on_state(void *ctx, bool up)
 {
     struct bus *bus = ctx;
     if (up) {
-        log_info("bus: connected to NATS; announcing the route table");
-        if (bus->nats->table)
+        log_info(bus->nats->announcing ? "bus: connected to NATS; announcing the route table"
+                                       : "bus: connected to NATS");
+        if (bus->nats->table && bus->nats->announcing)
             bus__nats_announce(bus, bus->nats->table);
     } else {
         log_warning("bus: NATS is unreachable; routers on it keep their last table");
@@ -541,7 +545,8 @@ static size_t bus__laggards(struct bus *bus, int64_t version, struct buf *out)
             count++;
         }
     bus__nats_live_routers(bus); /* forgets the silent ones */
-    for (size_t i = 0; bus->nats && i < bus->nats->n_routers; i++)
+    /* routers on NATS serve another skiffd's versions while this one does not announce */
+    for (size_t i = 0; bus->nats && bus->nats->announcing && i < bus->nats->n_routers; i++)
         if (bus->nats->routers[i].acked < version) {
             if (out)
                 buf_printf(out, "%srouter %s on NATS", count ? ", " : "", bus->nats->routers[i].id);
@@ -809,7 +814,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
     }
     char *text = bus__table_text(bus, bus->version, routes);
     free(routes);
-    if (!only && bus->nats)
+    if (!only && bus->nats && bus->nats->announcing)
         bus__nats_announce(bus, text);
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
@@ -866,6 +871,26 @@ void bus_routes_changed(struct bus *bus)
 
 void bus_routes_changed_cb(void *bus)
 {
+    bus_routes_changed(bus);
+}
+
+void bus_set_announcing(struct bus *bus, bool on)
+{
+    struct bus_nats *n = bus ? bus->nats : NULL;
+    if (!n || n->announcing == on)
+        return;
+    n->announcing = on;
+    log_info(on ? "bus: announcing the route table on NATS (this skiffd runs the instances)"
+                : "bus: not announcing the route table on NATS (the skiffd that leads does)");
+    if (!on)
+        return; /* what it announced stays until the leader's announcements replace it */
+    /* the next table goes to NATS as a version above any another skiffd announced before
+     * (theirs began at their start's clock too), so routers acknowledge it */
+    int64_t now = time_now_ms();
+    if (now > bus->version)
+        bus->version = now;
+    free(bus->sent_routes);
+    bus->sent_routes = NULL;
     bus_routes_changed(bus);
 }
 
@@ -1332,6 +1357,7 @@ int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_secu
     n->cert_domains = json_object();
     n->routers_conn.bus = bus;
     n->routers_conn.id = ++bus->next_conn_id;
+    n->announcing = true;
     bus->nats = n;
     struct natsconn_config cfg = {.urls = urls,
                                   .name = "skiffd",

@@ -78,6 +78,11 @@ void bus_certs_changed_cb(void *bus);
 struct natsconn_security;
 int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_security *security,
                    int announce_ms, int ttl_ms, char *err, size_t errsize);
+/* Whether this skiffd announces its route table on NATS and sends drains there (true from
+ * bus_nats_start): of several skiffds on one store only the one that runs the instances (it
+ * leads, or holds what it ran) may, or a router on NATS would serve each one's table in turn,
+ * the others' without backends. Turned on, the next table goes out at once. */
+void bus_set_announcing(struct bus *bus, bool on);
 /* Closes the socket and every connection; done is called when all handles are closed. */
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);

@@ -935,6 +935,7 @@ static void daemon_leading_changed(void *ctx, bool leading)
     d->leading_decided = true;
     autoscaler_set_leading(d->autoscaler, leading);
     invoker_set_leading(d->invoker, leading);
+    bus_set_announcing(d->bus, leading || leader_is_holding(d->leader));
     if (leading)
         uv_timer_start(&d->resync, daemon_on_resync, DAEMON_RESYNC_MS, DAEMON_RESYNC_MS);
     else
@@ -1798,6 +1799,8 @@ int main(int argc, char **argv)
             log_error("%s", err);
             goto fail;
         }
+        if (shared_store) /* until it leads (daemon_leading_changed) */
+            bus_set_announcing(d.bus, false);
     }
     autoscaler_new(d.loop, d.store, d.sched, d.logs, &d.autoscaler);
     autoscaler_set_leading(d.autoscaler, !shared_store);

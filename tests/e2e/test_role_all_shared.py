@@ -23,7 +23,7 @@ import pytest
 
 from conftest import BIN_DIR, http_get, read_pid_file, wait_for
 from controllers import cells, leading, stopped_clean
-from multihost import HOSTS_MS, Cluster, HostPlatform, running
+from multihost import HOSTS_MS, Cluster, HostPlatform, HostRouter, backends, running
 from test_fabric_crash import read_all
 from test_images import DEFAULT_CONFIG, image_config, layers_of, oci_archive
 from test_images import server_binary  # noqa: F401 (a fixture)
@@ -48,14 +48,15 @@ def cluster():
         c.down()
 
 
-def start_all(cluster, name, database, more_args=()):
+def start_all(cluster, name, database, more_args=(), env=None):
     """`skiffd --role all` on host NAME: containers, its own pool, one warm container."""
     h = cluster.host(name)
     p = HostPlatform(h, extra_args=[
         "--store", cluster.postgres_url(database), "--nats", cluster.nats_urls,
         "--nats-replicas", "3", "--host-addr", h.addr, "--network-pool", POOLS[name],
         "--prewarm", "1", "--zone", "zone-" + name, *more_args],
-        extra_env={**HOSTS_MS, "SKIFF_CELL_HEARTBEAT_MS": "500", "SKIFF_GRACE_MS": "2000"},
+        extra_env={**HOSTS_MS, "SKIFF_CELL_HEARTBEAT_MS": "500", "SKIFF_GRACE_MS": "2000",
+                   **(env or {})},
         containers=True)
     p.name = name
     return p.start(timeout=120)
@@ -68,8 +69,8 @@ def pair(cluster):
     database = "skiff_roleall_%d" % os.getpid()
     cluster.create_database(database)
     with stopped_clean(timeout=60) as started:
-        def start(name, more_args=()):
-            p = start_all(cluster, name, database, more_args)
+        def start(name, more_args=(), env=None):
+            p = start_all(cluster, name, database, more_args, env)
             started.append(p)
             return p
         yield start
@@ -99,11 +100,11 @@ def push_image(p, tmp_path, server, name, greeting, instances):
     return r, ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
 
 
-def leader_then_follower(pair, first, second, leader_args=(), follower_args=()):
+def leader_then_follower(pair, first, second, leader_args=(), follower_args=(), env=None):
     """skiffd `first` started and leading, then `second` started, heard and following."""
-    lead = pair(first, leader_args)
+    lead = pair(first, leader_args, env)
     wait_for(lambda: leading(lead), 15, "%s to lead" % first.upper())
-    follow = pair(second, follower_args)
+    follow = pair(second, follower_args, env)
     wait_for(lambda: len(cells(follow)["cells"]) == 2, 15, "both skiffds' heartbeats")
     assert not leading(follow)
     return lead, follow
@@ -323,6 +324,52 @@ def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and
         time.sleep(0.5)
     assert greets(b, "img.localhost", "before-the-kill")
     assert {c["id"] for c in cells(b)["cells"]} == {a_id, b_id}
+
+
+def test_a_router_on_nats_serves_the_leaders_table_not_the_followers(
+        pair, cluster, tmp_path, server_binary):
+    """Both skiffds are on NATS, but only the leader announces the routes there: a router on
+    NATS serves the app's two instances announcement after announcement. Before, each skiffd
+    announced its own table, the follower's without backends, and the router served the one
+    it heard last (503 no-instance while it was the follower's). The leader killed, the other
+    announces (its versions above the dead one's, so the router acknowledges them) and the
+    router serves the app from it."""
+    fast = {"SKIFF_BUS_ANNOUNCE_MS": "200", "SKIFF_BUS_TTL_MS": "5000"}
+    b, a = leader_then_follower(pair, "b", "a", env=fast)
+    router = HostRouter(cluster.host("a"), cluster.nats_urls, extra_env=HOSTS_MS)
+    try:
+        router.start()
+        r, _ = push_image(b, tmp_path, server_binary, "img", "from-the-leader", 2)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: spread(b, a, b, "img"), 120, "one instance on each skiffd")
+        wait_for(lambda: router.get("img.localhost")[0] == 200, 30,
+                 "the router on NATS to serve the app")
+        # 20 announcements of each skiffd's (200 ms): every request answered by an instance
+        failed, sent = [], 0
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            status, text = router.get("img.localhost", timeout=5)
+            sent += 1
+            if status != 200 or "greeting=from-the-leader" not in text:
+                failed.append((status, text[:80]))
+            time.sleep(0.02)
+        assert not failed, "%d of %d requests through the router on NATS failed: %s" % (
+            len(failed), sent, failed[:5])
+        assert len(backends(router, "img.localhost")) == 2
+        assert "not announcing the route table on NATS" in a.output(), a.output()
+
+        # the leader's host crashes: A leads, runs both instances and announces them
+        b.kill_all()
+        b.proc.wait(10)
+        wait_for(lambda: leading(a), 10, "A to lead after B's kill")
+        wait_for(lambda: len(on(a, a, "img")) == 2, RUNNING_BOUND_S, "both instances on A")
+        wait_for(lambda: router.get("img.localhost")[0] == 200 and
+                 set(backends(router, "img.localhost")) ==
+                 {i["address"] for i in running(a, "img")}, 20,
+                 "the router on NATS to serve A's instances")
+        assert "announcing the route table on NATS (this skiffd runs" in a.output()
+    finally:
+        router.close()
 
 
 def test_a_leader_killed_alone_leaves_an_instance_that_its_restart_stops(
