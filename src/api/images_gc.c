@@ -115,20 +115,13 @@ static void gc__closed(uv_handle_t *h)
     /* else the collection's end frees it */
 }
 
-static void gc__strv_free(char **v)
-{
-    for (char **p = v; p && *p; p++)
-        free(*p);
-    free(v);
-}
-
 static void gc__start(uv_timer_t *t);
 
 static void gc__done(uv_work_t *w, int status)
 {
     struct api_core_images_gc *gc = w->data;
     gc->running = false;
-    gc__strv_free(gc->instance_layers);
+    strv_free(gc->instance_layers);
     gc->instance_layers = NULL;
     if (!gc->core) { /* the core went while it ran: freed once its timer is closed too */
         if (gc->closed)
@@ -158,7 +151,7 @@ static void gc__start(uv_timer_t *t)
     gc->again = false;
     if (uv_queue_work(t->loop, &gc->work, gc__work, gc__done) < 0) {
         gc->running = false;
-        gc__strv_free(gc->instance_layers);
+        strv_free(gc->instance_layers);
         gc->instance_layers = NULL;
     }
 }

@@ -812,13 +812,6 @@ json_t *cellc_remote_cells(const struct cellc *c)
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
-static void cellc__urls_free(char **urls)
-{
-    for (size_t k = 0; urls && urls[k]; k++)
-        free(urls[k]);
-    free(urls);
-}
-
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,
               struct cellc **out, char *err, size_t errsize)
 {
@@ -877,7 +870,7 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     if (rc < 0) {
         if (c->nc)
             natsconn_close(c->nc);
-        cellc__urls_free(c->blob_urls);
+        strv_free(c->blob_urls);
         json_decref(c->lines);
         free(c->home);
         free(c);
@@ -1044,7 +1037,7 @@ void cellc_free(struct cellc *c)
     }
     json_decref(c->lines);
     cell_droplets_free(c->droplets);
-    cellc__urls_free(c->blob_urls);
+    strv_free(c->blob_urls);
     free(c->home);
     free(c);
 }

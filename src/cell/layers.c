@@ -97,13 +97,6 @@ void cell_layers_free(struct cell_layers *cl)
     free(cl);
 }
 
-static void cell__strv_free(char **v)
-{
-    for (char **p = v; p && *p; p++)
-        free(*p);
-    free(v);
-}
-
 static bool cell__layer_here(const struct cell_layers *cl, const char *digest)
 {
     char *dir = image_store_layer_path(&cl->store, digest);
@@ -125,8 +118,8 @@ static void cell__wait_end(struct cell__layers_wait *w, int rc, const char *why)
             break;
         }
     w->done(w->ctx, rc, why);
-    cell__strv_free(w->layers);
-    cell__strv_free(w->missing);
+    strv_free(w->layers);
+    strv_free(w->missing);
     free(w);
 }
 
@@ -411,8 +404,8 @@ int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, cell_layers
     if (!cl->gc_running) {
         rc = cell__wait_look(w, err, errsize);
         if (rc < 0 || w->n_missing == 0) {
-            cell__strv_free(w->layers);
-            cell__strv_free(w->missing);
+            strv_free(w->layers);
+            strv_free(w->missing);
             free(w);
             return rc;
         }
@@ -467,7 +460,7 @@ static void cell__collect_start(struct cell_layers *cl)
     for (char **p = lowers; p && *p; p++, listed++)
         image_keep_layers(&cl->gc_keep, *p);
     cl->gc_waiting = listed > cl->gc_live;
-    cell__strv_free(lowers);
+    strv_free(lowers);
     cl->gc_work.data = cl;
     cl->gc_running = true;
     if (uv_queue_work(cl->loop, &cl->gc_work, cell__collect_work, cell__collect_done) < 0) {

@@ -75,6 +75,9 @@ void time_format_rfc3339(int64_t ms, char *out, size_t size);
 char *path_expand_home(const char *path);
 bool str_has_prefix(const char *s, const char *prefix);
 bool str_has_suffix(const char *s, const char *suffix);
+/* A NULL-terminated array of strings copied (NULL: NULL), and freed with its strings. */
+char **strv_dup(char *const *v);
+void strv_free(char **v);
 /* The one rule for what users name: apps, process types, orgs, spaces, quota plans,
  * mappings' apps: [a-z0-9][a-z0-9-]{0,62} (a DNS label, so an app's name can be its host).
  * Topic names (fabric_name_valid) also take '.' and '_'; user names are auth's. */

@@ -943,6 +943,34 @@ static void daemon_leading_changed(void *ctx, bool leading)
     cells_beat(d->cells);
 }
 
+/* The environment of a router that learns the routes from NATS: skiffd's, with the servers and
+ * the security files in SKIFF_ROUTER_NATS*, never on a command line (a URL may hold a
+ * password), and only in the router's: skiffd's own stays as it was, for what else it
+ * starts. Freed with strv_free. */
+static char **daemon_router_nats_env(const char *nats_url, const struct natsconn_security *sec)
+{
+    extern char **environ;
+    const struct {
+        const char *name, *value;
+    } vars[] = {{"SKIFF_ROUTER_NATS", nats_url},
+                {"SKIFF_ROUTER_NATS_CREDS", sec->creds},
+                {"SKIFF_ROUTER_NATS_TLS_CA", sec->tls_ca},
+                {"SKIFF_ROUTER_NATS_TLS_CERT", sec->tls_cert},
+                {"SKIFF_ROUTER_NATS_TLS_KEY", sec->tls_key}};
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    char **env = xcalloc(n + ARRAY_SIZE(vars) + 1, sizeof *env);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!str_has_prefix(environ[i], "SKIFF_ROUTER_NATS"))
+            env[k++] = xstrdup(environ[i]);
+    for (size_t i = 0; i < ARRAY_SIZE(vars); i++)
+        if (vars[i].value && *vars[i].value)
+            env[k++] = xasprintf("%s=%s", vars[i].name, vars[i].value);
+    return env;
+}
+
 /* skiffd --role router: this process becomes a skiff-router that learns routes from NATS.
  * The server list goes in the environment, never on a command line (it may hold a password).
  * Returns only on error. */
@@ -966,7 +994,7 @@ static int daemon_run_router(const char *home, const char *nats_url,
         log_error("cannot create %s: %s (set SKIFF_HOME or --home)", run, skiff_strerror(rc));
         return 1;
     }
-    setenv("SKIFF_ROUTER_NATS", nats_url, 1);
+    char **env = daemon_router_nats_env(nats_url, sec);
     const char *argv[24] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
@@ -977,21 +1005,10 @@ static int daemon_run_router(const char *home, const char *nats_url,
         argv[n++] = "--host-addr";
         argv[n++] = host_addr;
     }
-    /* file names only: what they hold stays in the files */
-    const struct {
-        const char *flag, *value;
-    } files[] = {{"--nats-creds", sec->creds},
-                 {"--nats-tls-ca", sec->tls_ca},
-                 {"--nats-tls-cert", sec->tls_cert},
-                 {"--nats-tls-key", sec->tls_key}};
-    for (size_t i = 0; i < ARRAY_SIZE(files); i++)
-        if (files[i].value && *files[i].value) {
-            argv[n++] = files[i].flag;
-            argv[n++] = files[i].value;
-        }
     argv[n] = NULL;
-    execv(bin, (char *const *)argv);
+    execve(bin, (char *const *)argv, env);
     log_error("cannot run %s: %s", bin, skiff_strerror(-errno));
+    strv_free(env);
     free(run);
     free(h);
     free(bin);
@@ -1887,12 +1904,20 @@ int main(int argc, char **argv)
         goto fail;
     }
     publish_allowed = contained;
+    /* On a shared store with NATS, this skiffd's own router learns the routes from NATS as a
+     * router on another host does (docs/bus.md "On NATS"), not from the socket: whichever
+     * skiffd leads, every router serves its table. On the socket a follower's router served
+     * nothing, and the old leader's nothing once it handed its instances over. */
+    char **router_env =
+        shared_store && *nats_url ? daemon_router_nats_env(nats_url, &nats_sec) : NULL;
     struct router_proc_config rcfg = {.binary = router_bin,
                                       .home = d.home,
                                       .addr = d.router_addr,
                                       .admin_addr = d.router_admin_addr,
-                                      .tls_addr = d.router_tls_addr};
+                                      .tls_addr = d.router_tls_addr,
+                                      .env = router_env};
     router_proc_start(d.loop, &rcfg, &d.router);
+    strv_free(router_env);
     if (builtin_brokers)
         brokers = builtin_brokers_start(
             d.loop, &(struct builtin_brokers_config){

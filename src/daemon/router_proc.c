@@ -18,6 +18,7 @@
 struct router_proc {
     uv_loop_t *loop;
     char *binary, *home, *addr, *admin_addr, *tls_addr;
+    char **env;         /* NULL: skiffd's own */
     uv_process_t *proc; /* our child while it lives (closed and freed when it exits) */
     int adopted_pid;    /* a router we did not start, or 0 */
     int stopping_pid;   /* the router being stopped with the platform, or 0 */
@@ -120,6 +121,7 @@ static void router_proc__spawn(struct router_proc *rp)
     uv_process_options_t opts = {.exit_cb = router_proc__exited,
                                  .file = rp->binary,
                                  .args = args,
+                                 .env = rp->env,
                                  .stdio_count = 3,
                                  .stdio = stdio,
                                  .flags = UV_PROCESS_DETACHED};
@@ -158,6 +160,7 @@ int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,
     rp->addr = xstrdup(cfg->addr);
     rp->admin_addr = xstrdup(cfg->admin_addr);
     rp->tls_addr = xstrdup(cfg->tls_addr ? cfg->tls_addr : "");
+    rp->env = strv_dup(cfg->env);
     uv_timer_init(loop, &rp->timer);
     rp->timer.data = rp;
     rp->handles = 1;
@@ -247,5 +250,6 @@ void router_proc_free(struct router_proc *rp)
     free(rp->addr);
     free(rp->admin_addr);
     free(rp->tls_addr);
+    strv_free(rp->env);
     free(rp);
 }

@@ -19,6 +19,7 @@ struct router_proc_config {
     const char *addr;
     const char *admin_addr;
     const char *tls_addr; /* HTTPS, HOST:PORT; "" or NULL: none */
+    char **env;           /* the router's environment (copied); NULL: skiffd's own */
 };
 
 int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,

@@ -13,15 +13,6 @@
 
 #define IMAGE_MAX_LAYERS 127 /* Docker's own limit; overlayfs takes about 500 lowers */
 
-static void image__strv_free(char **v)
-{
-    if (!v)
-        return;
-    for (char **p = v; *p; p++)
-        free(*p);
-    free(v);
-}
-
 /* A JSON array of strings as a NULL-terminated vector (NULL for null or absent). */
 static int image__strv(json_t *arr, const char *field, char ***out, char *err, size_t errlen)
 {
@@ -36,7 +27,7 @@ static int image__strv(json_t *arr, const char *field, char ***out, char *err, s
     for (size_t i = 0; i < n; i++) {
         json_t *s = json_array_get(arr, i);
         if (!json_is_string(s) || strlen(json_string_value(s)) != json_string_length(s)) {
-            image__strv_free(v);
+            strv_free(v);
             return image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
                                "the image config's %s[%zu] is not a string", field, i);
         }
@@ -74,9 +65,9 @@ static json_t *image__load(const char *json, size_t len, const char *what, char 
 
 void image_config_clear(struct image_config *c)
 {
-    image__strv_free(c->entrypoint);
-    image__strv_free(c->cmd);
-    image__strv_free(c->env);
+    strv_free(c->entrypoint);
+    strv_free(c->cmd);
+    strv_free(c->env);
     free(c->workdir);
     free(c->user);
     memset(c, 0, sizeof(*c));
@@ -163,7 +154,7 @@ int image_config_parse(const char *json, size_t len, struct image_config *out, c
 void image_manifest_clear(struct image_manifest *m)
 {
     free(m->config);
-    image__strv_free(m->layers);
+    strv_free(m->layers);
     free(m->sizes);
     memset(m, 0, sizeof(*m));
 }

@@ -196,18 +196,11 @@ int image_run_prepare(const char *home, const char *droplet_dir, const char *com
     return SKIFF_OK;
 }
 
-static void image__strv_free(char **v)
-{
-    for (char **p = v; p && *p; p++)
-        free(*p);
-    free(v);
-}
-
 void image_run_clear(struct image_run *r)
 {
     free(r->layers);
-    image__strv_free(r->argv);
+    strv_free(r->argv);
     free(r->cwd);
-    image__strv_free(r->env);
+    strv_free(r->env);
     memset(r, 0, sizeof(*r));
 }

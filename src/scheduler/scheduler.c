@@ -949,13 +949,6 @@ static void sched__retry_later(struct scheduler *s, struct sched_slot *slot)
     sched__arm_timer(s);
 }
 
-static void sched__strv_free(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 /* Starts si (its app_guid, type, tag and index filled in) as a process of app on drop running
  * command, with the environment an instance of the app gets (its routes and service bindings
  * read now); si gets its guid, droplet, slot, address and instance and joins the live ones.
@@ -1043,7 +1036,7 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     start_trace("scheduler: cellc_launch returned");
     free(vcap_services);
     free(spec_sidecars);
-    sched__strv_free(uris);
+    strv_free(uris);
     free(user);
     if (rc == -EINPROGRESS)
         return rc; /* its droplet is on its way to this host: the app's log says so */

@@ -114,15 +114,6 @@ static void stager__say(struct staging *s, const char *fmt, ...)
     buf_free(&b);
 }
 
-static void stager__free_strings(char **list)
-{
-    if (!list)
-        return;
-    for (char **p = list; *p; p++)
-        free(*p);
-    free(list);
-}
-
 static void stager__timer_closed(uv_handle_t *h)
 {
     struct staging *s = h->data;
@@ -143,7 +134,7 @@ static void stager__timer_closed(uv_handle_t *h)
     free(s->disk_dir);
     free(s->detect_output);
     free(s->unknown_buildpack);
-    stager__free_strings(s->env);
+    strv_free(s->env);
     buf_free(&s->captured);
     free(s);
 }

@@ -366,6 +366,9 @@ def test_a_leader_that_loses_its_session_hands_its_instances_to_the_next_leader(
                  "the new leader to adopt both instances where they run")
         adopted = time.monotonic() - ended
         wait_for(lambda: serves(b, "moved"), 10, "the new leader's router to serve the app")
+        # the old leader's router learns the table from NATS too: it serves them on (on the
+        # socket it served nothing once its skiffd handed the instances over)
+        wait_for(lambda: serves(a, "moved"), 10, "the old leader's router to serve the app")
         print("B led %.2f s after A's session ended and had adopted both instances at %.2f s"
               % (led, adopted))
         assert pid_of(a, on_a) == pid, "A's instance runs on: the same process"

@@ -326,14 +326,15 @@ def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and
     assert {c["id"] for c in cells(b)["cells"]} == {a_id, b_id}
 
 
-def test_a_router_on_nats_serves_the_leaders_table_not_the_followers(
+def test_every_router_serves_the_leaders_table_the_followers_own_included(
         pair, cluster, tmp_path, server_binary):
     """Both skiffds are on NATS, but only the leader announces the routes there: a router on
-    NATS serves the app's two instances announcement after announcement. Before, each skiffd
-    announced its own table, the follower's without backends, and the router served the one
-    it heard last (503 no-instance while it was the follower's). The leader killed, the other
-    announces (its versions above the dead one's, so the router acknowledges them) and the
-    router serves the app from it."""
+    NATS (another process on A's host) and the follower's own router serve the app's two
+    instances announcement after announcement. Before, each skiffd announced its own table,
+    the follower's without backends, and a router on NATS served the one it heard last (503
+    no-instance while it was the follower's); the follower's own router, fed by its skiffd
+    on the socket, served nothing. The leader killed, the other announces (its versions above
+    the dead one's, so routers acknowledge them) and both routers serve the app from it."""
     fast = {"SKIFF_BUS_ANNOUNCE_MS": "200", "SKIFF_BUS_TTL_MS": "5000"}
     b, a = leader_then_follower(pair, "b", "a", env=fast)
     router = HostRouter(cluster.host("a"), cluster.nats_urls, extra_env=HOSTS_MS)
@@ -344,16 +345,19 @@ def test_a_router_on_nats_serves_the_leaders_table_not_the_followers(
         wait_for(lambda: spread(b, a, b, "img"), 120, "one instance on each skiffd")
         wait_for(lambda: router.get("img.localhost")[0] == 200, 30,
                  "the router on NATS to serve the app")
+        wait_for(lambda: greets(a, "img.localhost", "from-the-leader"), 30,
+                 "the follower's own router to serve the app")
         # 20 announcements of each skiffd's (200 ms): every request answered by an instance
         failed, sent = [], 0
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
-            status, text = router.get("img.localhost", timeout=5)
-            sent += 1
-            if status != 200 or "greeting=from-the-leader" not in text:
-                failed.append((status, text[:80]))
+            for via in (router.router_url, a.router_url):
+                status, text = http_get(via + "/", host="img.localhost", timeout=5)
+                sent += 1
+                if status != 200 or "greeting=from-the-leader" not in text:
+                    failed.append((via, status, text[:80]))
             time.sleep(0.02)
-        assert not failed, "%d of %d requests through the router on NATS failed: %s" % (
+        assert not failed, "%d of %d requests through the routers failed: %s" % (
             len(failed), sent, failed[:5])
         assert len(backends(router, "img.localhost")) == 2
         assert "not announcing the route table on NATS" in a.output(), a.output()
@@ -367,6 +371,8 @@ def test_a_router_on_nats_serves_the_leaders_table_not_the_followers(
                  set(backends(router, "img.localhost")) ==
                  {i["address"] for i in running(a, "img")}, 20,
                  "the router on NATS to serve A's instances")
+        wait_for(lambda: greets(a, "img.localhost", "from-the-leader"), 20,
+                 "A's own router to serve its instances")
         assert "announcing the route table on NATS (this skiffd runs" in a.output()
     finally:
         router.close()

@@ -84,6 +84,29 @@ static void test_name_valid(void **state)
     assert_false(name_valid("caf\xc3\xa9"));
 }
 
+static void test_strv_dup_copies_every_string_and_its_end(void **state)
+{
+    (void)state;
+    assert_null(strv_dup(NULL));
+    char a[] = "A=1", b[] = "B=2";
+    char *v[] = {a, b, NULL};
+    char **c = strv_dup(v);
+    assert_non_null(c);
+    assert_string_equal(c[0], "A=1");
+    assert_string_equal(c[1], "B=2");
+    assert_null(c[2]);
+    assert_ptr_not_equal(c[0], a); /* copies: the original may go */
+    a[0] = 'X';
+    assert_string_equal(c[0], "A=1");
+    strv_free(c);
+    char *empty[] = {NULL};
+    c = strv_dup(empty);
+    assert_non_null(c);
+    assert_null(c[0]);
+    strv_free(c);
+    strv_free(NULL);
+}
+
 static void test_buf_grows_and_stays_terminated(void **state)
 {
     (void)state;
@@ -355,6 +378,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
+        cmocka_unit_test(test_strv_dup_copies_every_string_and_its_end),
         cmocka_unit_test(test_name_valid),
         cmocka_unit_test(test_log_lines_and_levels),
         cmocka_unit_test(test_buf_json_escaped),
