@@ -250,7 +250,7 @@ static void blobs__cache_gc_run(struct api_core *core, struct api_blobs_gc *g,
     g->running =
         blob_cache_gc_async(core->cfg.blobs, g->timer.loop, keep, n_keep,
                             (const char *const *)in_use, n_in_use, blobs__cache_gc_done, g) == 0;
-    store_strv_free(in_use);
+    strv_free(in_use);
 }
 
 /* The store's names of blobs came (NULL: it could not give them, and nothing is collected
@@ -260,7 +260,7 @@ static void blobs__refs_read(void *ctx, int rc, char **keep)
     struct api_blobs_gc *g = ctx;
     g->reading = false;
     if (g->closing) {
-        store_strv_free(keep);
+        strv_free(keep);
         if (!g->open_timers && !g->running)
             free(g);
         return;
@@ -278,7 +278,7 @@ static void blobs__refs_read(void *ctx, int rc, char **keep)
         blob_gc_async(core->cfg.blobs, g->timer.loop, (const char *const *)keep, n,
                       BLOBS_GC_MIN_AGE_MS, blobs__gc_done, NULL);
     blobs__cache_gc_run(core, g, (const char *const *)keep, n);
-    store_strv_free(keep);
+    strv_free(keep);
 }
 
 /* Asks the store for its names of blobs, off the loop; full: for both collections. */

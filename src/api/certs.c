@@ -78,8 +78,8 @@ static int certs__domain_owned(struct api_core *core, const char *name, const ch
     for (size_t i = 0; names[i]; i++)
         if (!strcmp(names[i], name))
             r = !org || !strcmp(owners[i], org) ? 0 : -ENOENT;
-    store_strv_free(names);
-    store_strv_free(owners);
+    strv_free(names);
+    strv_free(owners);
     return r;
 }
 
@@ -330,7 +330,7 @@ static void certs__sync(struct api_core *core)
         free(cert);
         certs__free_key(key);
     }
-    store_strv_free(names);
+    strv_free(names);
 }
 
 void api_core__certs_register(struct api_core *core)

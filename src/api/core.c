@@ -885,13 +885,13 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
                           "the domain first (`skiff create-domain`)",
                           h);
         free(h);
-        store_strv_free(domains);
-        store_strv_free(owners);
+        strv_free(domains);
+        strv_free(owners);
         return false;
     }
     *domain = xstrdup(best);
-    store_strv_free(domains);
-    store_strv_free(owners);
+    strv_free(domains);
+    strv_free(owners);
     *host = h;
     /* "/" alone means the whole host */
     *path = xstrdup(strcmp(p, "/") ? p : "");
@@ -2355,11 +2355,11 @@ static void core__domains_listed(void *ctx, int rc, char **cert_domains, char **
     }
     api_respond_json(req, 200, json_pack("{s:o}", "domains", arr));
 done:
-    store_strv_free(names);
-    store_strv_free(owners);
+    strv_free(names);
+    strv_free(owners);
     free(shared);
-    store_strv_free(cert_domains);
-    store_strv_free(chains);
+    strv_free(cert_domains);
+    strv_free(chains);
 }
 
 /* The certificates are read by the store's writer, in turn with the writes queued before
@@ -2442,8 +2442,8 @@ static int core__domain_reachable(struct api_core *core, const char *name, const
     for (size_t i = 0; names[i]; i++)
         if (!strcmp(names[i], name))
             r = !strcmp(owners[i], org ? org : "") ? 0 : -ENOENT;
-    store_strv_free(names);
-    store_strv_free(owners);
+    strv_free(names);
+    strv_free(owners);
     return r;
 }
 

@@ -439,7 +439,7 @@ static void staging__bits_pruned(void *ctx, int rc, char **old)
                     pkg->app_guid, skiff_strerror(rc));
     for (char **p = old; p && *p; p++)
         api_core__artifact_remove(core, pkg->app_guid, *p);
-    store_strv_free(old);
+    strv_free(old);
     api_core__blobs_gc_soon(core); /* their blobs, when nothing else names them */
     logs_appendf(core->cfg.logs, pkg->app_guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
                  (unsigned long long)pkg->bytes);
@@ -658,7 +658,7 @@ static void staging__pruned(void *ctx, int rc, char **old)
     struct staging_prune *p = ctx;
     for (char **path = old; path && *path; path++)
         api_core__artifact_remove(p->core, p->app_guid, *path);
-    store_strv_free(old);
+    strv_free(old);
     api_core__blobs_gc_soon(p->core); /* the packages pruned */
     free(p);
 }

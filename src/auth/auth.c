@@ -2696,8 +2696,8 @@ static void auth__kind_read(void *ctx, int rc, char **ids, char **bodies)
         if (auth__kinds[kr->k].load(r->fresh, ids[i], bodies[i]) < 0)
             r->rc = -EIO;
     free(kr);
-    store_strv_free(ids);
-    store_strv_free(bodies);
+    strv_free(ids);
+    strv_free(bodies);
     if (--r->pending > 0)
         return;
     struct auth *a = r->a;

@@ -1367,8 +1367,8 @@ static void replays_read(void *ctx, int rc, char **ids, char **bodies)
             replay_taken(op, -ECANCELED);
         json_decref(doc);
     }
-    store_strv_free(ids);
-    store_strv_free(bodies);
+    strv_free(ids);
+    strv_free(bodies);
 }
 
 /* The consumer (the leader, on a shared fabric), each tick: the replays asked through other

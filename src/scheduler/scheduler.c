@@ -2049,8 +2049,8 @@ static void sched__restarts_read(void *ctx, int rc, char **ids, char **bodies)
     struct sched__restart_list l = {0};
     for (size_t i = 0; rc == 0 && ids[i]; i++)
         sched__restart_collect(&l, ids[i], bodies[i]);
-    store_strv_free(ids);
-    store_strv_free(bodies);
+    strv_free(ids);
+    strv_free(bodies);
     bool on = s->leading && !s->shutting_down;
     for (size_t i = 0; on && i < l.n; i++) {
         store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);

@@ -378,7 +378,7 @@ int store_blob_refs(struct store *st, char ***digests)
             v[n++] = xstrdup(d);
             v[n] = NULL;
         }
-    store_strv_free(rows);
+    strv_free(rows);
     *digests = v;
     return 0;
 }
@@ -640,20 +640,11 @@ void store_route_list_free(struct store_route *routes, size_t n)
     free(routes);
 }
 
-void store_strv_free(char **v)
-{
-    if (!v)
-        return;
-    for (char **p = v; *p; p++)
-        free(*p);
-    free(v);
-}
-
 void store_strv_free_wiped(char **v)
 {
     for (char **p = v; p && *p; p++)
         OPENSSL_cleanse(*p, strlen(*p));
-    store_strv_free(v);
+    strv_free(v);
 }
 
 void store_package_free(struct store_package *pkg)
@@ -745,7 +736,7 @@ void store_write_free(struct store_write *w)
     free(w->ev.space_guid);
     free(w->ev.org_guid);
     free(w->ev.detail);
-    store_strv_free(w->refs);
+    strv_free(w->refs);
     store_app_free(w->app);
     store_route_list_free(w->routes, w->n_routes);
     free(w->route.host);
@@ -772,7 +763,7 @@ void store_write_free(struct store_write *w)
     if (w->key_pem)
         OPENSSL_cleanse(w->key_pem, strlen(w->key_pem));
     free(w->key_pem);
-    store_strv_free(w->chains);
+    strv_free(w->chains);
     store_strv_free_wiped(w->keys);
     free(w->audit.space_guid);
     free(w->audit.org_guid);
@@ -940,12 +931,12 @@ void store_write_report(struct store_write *w)
     } else if (w->op == STORE_READ_BLOB_REFS || w->op == STORE_WRITE_PRUNE) {
         char **refs = w->rc < 0 ? NULL : w->refs;
         if (w->rc < 0)
-            store_strv_free(w->refs);
+            strv_free(w->refs);
         w->refs = NULL;
         if (w->done_refs)
             w->done_refs(w->ctx, w->rc, refs);
         else
-            store_strv_free(refs);
+            strv_free(refs);
     } else if (w->op == STORE_READ_DOC_FRESH) {
         if (w->done_doc)
             w->done_doc(w->ctx, w->rc, w->rc == 0 ? w->json : NULL);
@@ -1373,8 +1364,8 @@ static bool store__domain_write_report(struct store_write *w)
         if (w->done_cert_pairs)
             w->done_cert_pairs(w->ctx, w->rc, ok ? w->refs : NULL, ok ? w->chains : NULL,
                                ok ? w->keys : NULL);
-        store_strv_free(w->refs);
-        store_strv_free(w->chains);
+        strv_free(w->refs);
+        strv_free(w->chains);
         store_strv_free_wiped(w->keys);
         w->refs = w->chains = w->keys = NULL;
         return true;
@@ -1382,15 +1373,15 @@ static bool store__domain_write_report(struct store_write *w)
     if (w->op == STORE_READ_CERT_CHAINS || w->op == STORE_READ_DOC_EACH) {
         char **names = w->rc < 0 ? NULL : w->refs, **values = w->rc < 0 ? NULL : w->chains;
         if (w->rc < 0) {
-            store_strv_free(w->refs);
-            store_strv_free(w->chains);
+            strv_free(w->refs);
+            strv_free(w->chains);
         }
         w->refs = w->chains = NULL;
         if (w->done_pairs) {
             w->done_pairs(w->ctx, w->rc, names, values);
         } else {
-            store_strv_free(names);
-            store_strv_free(values);
+            strv_free(names);
+            strv_free(values);
         }
         return true;
     }
@@ -1561,8 +1552,8 @@ int store_write_pair_add(void *ctx, const char *id, const char *json)
 
 void store_write_pairs_reset(struct store_write *w)
 {
-    store_strv_free(w->refs);
-    store_strv_free(w->chains);
+    strv_free(w->refs);
+    strv_free(w->chains);
     w->n_pairs = 0;
     w->refs = xcalloc(1, sizeof *w->refs);
     w->chains = xcalloc(1, sizeof *w->chains);

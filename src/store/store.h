@@ -308,7 +308,7 @@ void store_route_list_free(struct store_route *routes, size_t n);
 
 /* org_guid NULL: a shared domain (every space may use it); else the org's private domain. */
 int store_domain_add(struct store *st, const char *name, const char *org_guid);
-/* NULL-terminated list of names (free with store_strv_free); shared[i] and org_guids[i] ("" for
+/* NULL-terminated list of names (free with strv_free); shared[i] and org_guids[i] ("" for
  * a shared domain; NULL-terminated too) set when the pointers are not NULL. */
 int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids);
 /* Removes a domain: -ENOENT when there is none, -EEXIST while a route or its certificate
@@ -326,12 +326,11 @@ int store_domain_cert_set(struct store *st, const char *domain, const char *cert
 /* 0 with *cert_pem and *key_pem (the caller frees them, the key wiped first), or -ENOENT when
  * the domain has no certificate of its own; key_pem may be NULL (the chain alone). */
 int store_domain_cert_get(struct store *st, const char *domain, char **cert_pem, char **key_pem);
-/* The domains that have a certificate of their own, by name (NULL-terminated, store_strv_free). */
+/* The domains that have a certificate of their own, by name (NULL-terminated, strv_free). */
 int store_domain_cert_list(struct store *st, char ***domains);
 /* Removes a domain's certificate and key; -ENOENT when it had none. */
 int store_domain_cert_delete(struct store *st, const char *domain);
-void store_strv_free(char **v);
-/* store_strv_free of strings that are secrets: each wiped first. */
+/* strv_free (common/util.h) of strings that are secrets: each wiped first. */
 void store_strv_free_wiped(char **v);
 
 /* ---- packages and droplets ---------------------------------------------------------------- */
@@ -346,11 +345,11 @@ void store_droplet_free(struct store_droplet *drop);
 int store_droplet_delete(struct store *st, const char *guid);
 /* Paths of the app's packages other than keep_package, and of its droplets other than
  * keep_droplet (none when keep_droplet is NULL: revisions decide about droplets), for cleanup;
- * their rows are deleted. NULL-terminated (store_strv_free). */
+ * their rows are deleted. NULL-terminated (strv_free). */
 int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
                               const char *keep_droplet, char ***paths);
 /* The blobs packages and droplets name (a droplet's digest and its further blobs, one an entry,
- * possibly repeated; NULL-terminated, store_strv_free): what blob_gc keeps. */
+ * possibly repeated; NULL-terminated, strv_free): what blob_gc keeps. */
 int store_blob_refs(struct store *st, char ***digests);
 
 /* ---- audit events: who changed what ------------------------------------------------------- */
@@ -473,7 +472,7 @@ int store_doc_delete_async(struct store *st, const char *kind, const char *id, s
 int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
                           void *ctx);
 /* store_blob_refs off the caller's thread (after the writes queued before it): done gets
- * its return value and the list (NULL-terminated, the callback's to store_strv_free; NULL on
+ * its return value and the list (NULL-terminated, the callback's to strv_free; NULL on
  * a failure). */
 typedef void store_refs_fn(void *ctx, int rc, char **digests);
 int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx);
@@ -548,7 +547,7 @@ int store_package_add_async(struct store *st, const struct store_package *pkg, s
 int store_droplet_add_async(struct store *st, const struct store_droplet *drop, store_done_fn *done,
                             void *ctx);
 /* store_app_prune_artifacts queued: done gets its return value and the paths of the rows
- * deleted (NULL-terminated, the callback's to store_strv_free; NULL on a failure). */
+ * deleted (NULL-terminated, the callback's to strv_free; NULL on a failure). */
 int store_app_prune_artifacts_async(struct store *st, const char *app_guid,
                                     const char *keep_package, const char *keep_droplet,
                                     store_refs_fn *done, void *ctx);
@@ -607,7 +606,7 @@ int store_doc_update_async(struct store *st, const char *kind, const char *id, c
  * their outcome given to done on the caller's thread as the writes' are.
  * store_domain_cert_chains_async: every domain that has a certificate of its own, by name,
  * and its chain (never its key); both NULL-terminated, in step, the callback's to
- * store_strv_free (NULL on a failure). */
+ * strv_free (NULL on a failure). */
 typedef void store_pairs_fn(void *ctx, int rc, char **names, char **values);
 int store_domain_cert_chains_async(struct store *st, store_pairs_fn *done, void *ctx);
 /* store_domain_cert_pairs_async: every domain that has a certificate of its own, by name, with

@@ -1248,10 +1248,10 @@ static void pg__close(struct store_backend *b)
     free(b->queued_apps);
     free(b->pending);
     free(b->dom_pending);
-    store_strv_free(b->chain_doms);
-    store_strv_free(b->chain_pems);
-    store_strv_free(b->doms);
-    store_strv_free(b->dom_orgs);
+    strv_free(b->chain_doms);
+    strv_free(b->chain_pems);
+    strv_free(b->doms);
+    strv_free(b->dom_orgs);
     free(b->dom_shared);
     store_task_list_free(b->tasks, b->n_tasks);
     store_task_list_free(b->tview, b->n_tview);
@@ -1260,7 +1260,7 @@ static void pg__close(struct store_backend *b)
     for (size_t i = 0; i < b->n_refreshes; i++)
         pg__refresh_free(&b->refreshes[i]);
     free(b->refreshes);
-    store_strv_free(b->holds);
+    strv_free(b->holds);
     pg__drops_clear(b);
     pg__pkgs_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -2345,8 +2345,8 @@ static int pg__domain_cert_delete_now(struct store_backend *b, const char *domai
 /* store_domain_cert_chains_async's read: every domain's chain, by name (into refs, chains). */
 static int pg__cert_chains_query(struct store_backend *b, struct store_write *w)
 {
-    store_strv_free(w->refs); /* a try before a lost connection */
-    store_strv_free(w->chains);
+    strv_free(w->refs); /* a try before a lost connection */
+    strv_free(w->chains);
     w->refs = w->chains = NULL;
     PGresult *res = NULL;
     if (pg__select(b, "SELECT domain, cert FROM domain_certs ORDER BY domain COLLATE \"C\"", 0,
@@ -2367,8 +2367,8 @@ static int pg__cert_chains_query(struct store_backend *b, struct store_write *w)
  * chains, keys); never kept in a copy. */
 static int pg__cert_pairs_query(struct store_backend *b, struct store_write *w)
 {
-    store_strv_free(w->refs); /* a try before a lost connection */
-    store_strv_free(w->chains);
+    strv_free(w->refs); /* a try before a lost connection */
+    strv_free(w->chains);
     store_strv_free_wiped(w->keys);
     w->refs = w->chains = w->keys = NULL;
     PGresult *res = NULL;
@@ -2455,8 +2455,6 @@ static void pg__domains_apply(char ***v, bool **sh, char ***o, const struct stor
     }
 }
 
-static char **pg__strv_dup(char **v);
-
 /* The copy of the chains: whether it may answer (a certificate set or deleted by another
  * writer is news first). */
 static bool pg__chains_current(struct store_backend *b)
@@ -2513,10 +2511,10 @@ static void pg__chains_read(struct store_backend *b, const struct store_write *w
     pg__feed_read(b);
     if (w->rc != 0 || b->feed_state != PG_FEED_ON || w->asked_at != b->certs_gen)
         return;
-    store_strv_free(b->chain_doms);
-    store_strv_free(b->chain_pems);
-    b->chain_doms = pg__strv_dup(w->refs);
-    b->chain_pems = pg__strv_dup(w->chains);
+    strv_free(b->chain_doms);
+    strv_free(b->chain_pems);
+    b->chain_doms = strv_dup(w->refs);
+    b->chain_pems = strv_dup(w->chains);
     b->n_chains = 0;
     while (b->chain_doms[b->n_chains])
         b->n_chains++;
@@ -2579,17 +2577,6 @@ static int pg__domain_list_query(struct store_backend *b, char ***names, bool **
     return 0;
 }
 
-static char **pg__strv_dup(char **v)
-{
-    size_t n = 0;
-    while (v[n])
-        n++;
-    char **c = xcalloc(n + 1, sizeof *c);
-    for (size_t i = 0; i < n; i++)
-        c[i] = xstrdup(v[i]);
-    return c;
-}
-
 /* From the copy while nothing announced a change of domains: a route's mapping reads them,
  * and must not wait for the server. With the feed lost, read each time. The queued domain
  * writes are made over it. */
@@ -2602,8 +2589,8 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
         bool *sh = NULL;
         if (pg__domain_list_query(b, &v, &sh, &o) < 0)
             return -EIO;
-        store_strv_free(b->doms);
-        store_strv_free(b->dom_orgs);
+        strv_free(b->doms);
+        strv_free(b->dom_orgs);
         free(b->dom_shared);
         b->doms = v;
         b->dom_orgs = o;
@@ -2615,7 +2602,7 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     size_t n = 0;
     while (b->doms[n])
         n++;
-    char **v = pg__strv_dup(b->doms), **o = pg__strv_dup(b->dom_orgs);
+    char **v = strv_dup(b->doms), **o = strv_dup(b->dom_orgs);
     bool *sh = xcalloc(n + 1, sizeof *sh);
     memcpy(sh, b->dom_shared, n * sizeof *sh);
     for (size_t i = 0; i < b->n_dom_pending; i++)
@@ -2628,7 +2615,7 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     if (org_guids)
         *org_guids = o;
     else
-        store_strv_free(o);
+        strv_free(o);
     return 0;
 }
 
@@ -3182,7 +3169,7 @@ static int pg__prune(struct store_backend *b, bool droplets, const char *app_gui
  * json); the paths go to w->refs. */
 static int pg__prune_now(struct store_backend *b, struct store_write *w)
 {
-    store_strv_free(w->refs); /* a try before a lost connection */
+    strv_free(w->refs); /* a try before a lost connection */
     w->refs = xcalloc(1, sizeof *w->refs);
     size_t n = 0;
     int rc = pg__prune(b, false, w->id, w->kind, &w->refs, &n);
@@ -3663,7 +3650,7 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
     case STORE_WRITE_AUDIT:
         return pg__audit_add_now(wb, &w->ev);
     case STORE_READ_BLOB_REFS:
-        store_strv_free(w->refs); /* a try before a lost connection */
+        strv_free(w->refs); /* a try before a lost connection */
         w->refs = NULL;
         return pg__blob_refs(wb, &w->refs);
     case STORE_WRITE_APP_CREATE:
@@ -4398,8 +4385,8 @@ static bool pg__answered_now(struct store_backend *b, struct store_write *w)
         w->asked_at = b->certs_gen;
         if (!pg__chains_current(b))
             return false;
-        w->refs = pg__strv_dup(b->chain_doms);
-        w->chains = pg__strv_dup(b->chain_pems);
+        w->refs = strv_dup(b->chain_doms);
+        w->chains = strv_dup(b->chain_pems);
         w->rc = 0;
         return true;
     }

@@ -975,7 +975,7 @@ static int sqlite__domain_cert_list(struct store_backend *st, char ***domains)
         v[n] = NULL;
     }
     if (store__read_done(st, q, step, "list certificates") < 0) {
-        store_strv_free(v);
+        strv_free(v);
         return -EIO;
     }
     *domains = v;
@@ -1007,8 +1007,8 @@ static int sqlite__domain_list(struct store_backend *st, char ***names, bool **s
         o[n] = NULL;
     }
     if (store__read_done(st, q, step, "list domains") < 0) {
-        store_strv_free(v);
-        store_strv_free(o);
+        strv_free(v);
+        strv_free(o);
         free(s);
         return -EIO;
     }
@@ -1020,7 +1020,7 @@ static int sqlite__domain_list(struct store_backend *st, char ***names, bool **s
     if (org_guids)
         *org_guids = o;
     else
-        store_strv_free(o);
+        strv_free(o);
     return 0;
 }
 
@@ -1179,7 +1179,7 @@ static int sqlite__blob_refs(struct store_backend *st, char ***digests)
     }
     store__release(st, q);
     if (rc != SQLITE_DONE) {
-        store_strv_free(v);
+        strv_free(v);
         return -EIO;
     }
     *digests = v;

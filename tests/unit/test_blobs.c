@@ -198,7 +198,7 @@ static void test_gc_deletes_only_what_nothing_references(void **state)
     assert_int_equal(n, 1);
     assert_int_equal(blob_has(e->bs, da, NULL), 0);
     assert_int_equal(blob_has(e->bs, db, NULL), -ENOENT);
-    store_strv_free(refs);
+    strv_free(refs);
     struct store_package *got = NULL;
     assert_int_equal(store_package_get(e->st, pkg.guid, &got), 0);
     assert_string_equal(got->digest, da);
@@ -295,7 +295,7 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     assert_int_equal(blob_has(e->bs, dl, NULL), 0);
     assert_int_equal(blob_has(e->bs, dc, NULL), 0);
     assert_int_equal(blob_has(e->bs, ds, NULL), -ENOENT);
-    store_strv_free(refs);
+    strv_free(refs);
     /* the row gone, so are they */
     assert_int_equal(store_droplet_delete(e->st, d.guid), 0);
     assert_int_equal(store_blob_refs(e->st, &refs), 0);
@@ -304,7 +304,7 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     assert_int_equal(n, 2);
     assert_int_equal(blob_has(e->bs, dl, NULL), -ENOENT);
     assert_int_equal(access(layer, F_OK), 0); /* a link removed, not the file it shared */
-    store_strv_free(refs);
+    strv_free(refs);
     free(blobs);
     free(dest);
     free(layer);

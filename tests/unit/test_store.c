@@ -164,7 +164,7 @@ static void test_migrates_an_empty_store(void **state)
     assert_string_equal(domains[0], "localhost");
     assert_true(shared[0]);
     assert_null(domains[1]);
-    store_strv_free(domains);
+    strv_free(domains);
     free(shared);
     store_close(st);
     /* opening again applies nothing and keeps the version */
@@ -563,7 +563,7 @@ static void test_route_and_domain_lists_fail_when_their_query_fails(void **state
     rename_table(st, path, "gone", "domains");
     assert_int_equal(store_domain_list(st, &domains, NULL, NULL), 0);
     assert_string_equal(domains[0], "localhost");
-    store_strv_free(domains);
+    strv_free(domains);
     store_app_free(app);
     store_close(st);
     remove_db(path);
@@ -654,8 +654,8 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_string_equal(names[1], "example.test");
     assert_true(shared[1]);
     assert_string_equal(orgs[1], "");
-    store_strv_free(names);
-    store_strv_free(orgs);
+    strv_free(names);
+    strv_free(orgs);
     free(shared);
     store_app_free(app);
     store_close(st);
@@ -690,7 +690,7 @@ static void test_artifacts_and_pruning(void **state)
     assert_int_equal(store_app_prune_artifacts(st, app->guid, p2.guid, d1.guid, &old), 0);
     assert_string_equal(old[0], "/pk/1");
     assert_null(old[1]);
-    store_strv_free(old);
+    strv_free(old);
     struct store_package *pk = NULL;
     assert_int_equal(store_package_get(st, p1.guid, &pk), -ENOENT);
     assert_int_equal(store_package_get(st, p2.guid, &pk), 0);
@@ -702,7 +702,7 @@ static void test_artifacts_and_pruning(void **state)
     assert_int_equal(store_droplet_add(st, &d2), 0);
     assert_int_equal(store_app_prune_artifacts(st, app->guid, p2.guid, NULL, &old), 0);
     assert_null(old[0]);
-    store_strv_free(old);
+    strv_free(old);
     assert_int_equal(store_droplet_get(st, d2.guid, &d), 0);
     store_droplet_free(d);
     assert_int_equal(store_droplet_delete(st, d2.guid), 0);
@@ -1020,7 +1020,7 @@ static void test_domain_certificates_round_trip(void **state)
     char **names = NULL;
     assert_int_equal(store_domain_cert_list(st, &names), 0);
     assert_null(names[0]);
-    store_strv_free(names);
+    strv_free(names);
     char *cert = NULL, *key = NULL;
     assert_int_equal(store_domain_cert_get(st, "localhost", &cert, &key), -ENOENT);
     assert_true(store_domain_cert_set(st, "nowhere.test", "C", "K") < 0); /* no such domain */
@@ -1038,14 +1038,14 @@ static void test_domain_certificates_round_trip(void **state)
     assert_int_equal(store_domain_cert_list(st, &names), 0);
     assert_string_equal(names[0], "shop.test");
     assert_null(names[1]);
-    store_strv_free(names);
+    strv_free(names);
     assert_int_equal(store_domain_cert_delete(st, "shop.test"), 0);
     assert_int_equal(store_domain_cert_get(st, "shop.test", &cert, &key), -ENOENT);
     assert_int_equal(store_domain_cert_delete(st, "shop.test"), -ENOENT); /* had none left */
     assert_int_equal(store_domain_cert_delete(st, "nowhere.test"), -ENOENT);
     assert_int_equal(store_domain_cert_list(st, &names), 0);
     assert_null(names[0]);
-    store_strv_free(names);
+    strv_free(names);
     store_close(st);
     remove_db(path);
 }
@@ -1075,7 +1075,7 @@ static void test_a_domain_is_deleted_once_nothing_refers_to_it(void **state)
     assert_int_equal(store_domain_list(st, &names, NULL, NULL), 0);
     for (char **n = names; *n; n++)
         assert_string_not_equal(*n, "shop.test");
-    store_strv_free(names);
+    strv_free(names);
     store_app_free(app);
     store_close(st);
     remove_db(path);
@@ -2187,10 +2187,10 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_null(kind.chains[2]);
     assert_null(none.domains[0]);
     assert_null(none.chains[0]);
-    store_strv_free(kind.domains);
-    store_strv_free(kind.chains);
-    store_strv_free(none.domains);
-    store_strv_free(none.chains);
+    strv_free(kind.domains);
+    strv_free(kind.chains);
+    strv_free(none.domains);
+    strv_free(none.chains);
     store_close(st);
     /* what another store reads from the database afterwards */
     st = open_ok(path);
@@ -3141,8 +3141,8 @@ static void domains_text(struct store *st, char *out, size_t size)
         assert_int_equal(shared[i], !*orgs[i]);
         snprintf(out + len, size - len, "%s%s:%s", len ? "," : "", names[i], orgs[i]);
     }
-    store_strv_free(names);
-    store_strv_free(orgs);
+    strv_free(names);
+    strv_free(orgs);
     free(shared);
 }
 
@@ -3400,7 +3400,7 @@ test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once(
             assert_string_equal(al.paths[0], "/pk/1");
             assert_string_equal(al.paths[1], "/dr/1");
             assert_null(al.paths[2]);
-            store_strv_free(al.paths);
+            strv_free(al.paths);
             assert_int_equal(store_async_queued(st), 0);
         } else if (pass == 1) {
             store_close(st);
@@ -3662,8 +3662,8 @@ static void test_the_certificates_chains_are_answered_from_a_copy_once_read(void
     assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
     reap_until(st, &log, 1); /* queued: the first read */
     assert_true(strv_has(chains.domains, "a.test"));
-    store_strv_free(chains.domains);
-    store_strv_free(chains.chains);
+    strv_free(chains.domains);
+    strv_free(chains.chains);
     /* this store's own writes: in the copy as queued */
     assert_int_equal(store_domain_cert_set(st, "b.test", "CHAIN-B", "KEY-B"), 0);
     assert_int_equal(store_domain_cert_delete(st, "a.test"), 0);
@@ -3677,8 +3677,8 @@ static void test_the_certificates_chains_are_answered_from_a_copy_once_read(void
     assert_string_equal(chains.chains[0], "CHAIN-B");
     assert_null(chains.domains[1]);
     assert_false(strv_has(chains.chains, "KEY-B"));
-    store_strv_free(chains.domains);
-    store_strv_free(chains.chains);
+    strv_free(chains.domains);
+    strv_free(chains.chains);
     raw_sql(path, "ALTER TABLE domain_certs_away RENAME TO domain_certs");
     /* another writer's: news, and the chains read again through the writer */
     uint64_t seen = store_change_count(st);
@@ -3691,8 +3691,8 @@ static void test_the_certificates_chains_are_answered_from_a_copy_once_read(void
     assert_true(strv_has(chains.domains, "b.test"));
     assert_true(strv_has(chains.domains, "c.test"));
     assert_true(strv_has(chains.chains, "CHAIN-C"));
-    store_strv_free(chains.domains);
-    store_strv_free(chains.chains);
+    strv_free(chains.domains);
+    strv_free(chains.chains);
     store_close(other);
     store_close(st);
     remove_db(path);
@@ -3828,8 +3828,8 @@ test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(voi
             assert_true(shared[i]);
     }
     assert_true(strv_has(names, "org.test"));
-    store_strv_free(names);
-    store_strv_free(orgs);
+    strv_free(names);
+    strv_free(orgs);
     free(shared);
     char *cert = NULL, *key = NULL;
     assert_int_equal(store_domain_cert_get(st, "q.test", &cert, &key), 0);
@@ -3843,7 +3843,7 @@ test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(voi
     assert_int_equal(store_domain_cert_list(st, &names), 0);
     assert_true(strv_has(names, "q.test"));
     assert_false(strv_has(names, "kept.test"));
-    store_strv_free(names);
+    strv_free(names);
     json = doc_body(st, "k", "upd");
     assert_string_equal(json, "{\"v\":1}");
     free(json);
@@ -3870,8 +3870,8 @@ landed:
     assert_null(chains.chains[1]);
     assert_int_equal(audit.n_events, 1);
     assert_string_equal(audit.events[0].type, "audit.domain.create");
-    store_strv_free(chains.domains);
-    store_strv_free(chains.chains);
+    strv_free(chains.domains);
+    strv_free(chains.chains);
     store_audit_list_free(audit.events, audit.n_events);
     store_close(st);
     /* what another store reads from the database afterwards */
@@ -3879,7 +3879,7 @@ landed:
     assert_int_equal(store_domain_list(st, &names, NULL, NULL), 0);
     assert_true(strv_has(names, "q.test") && strv_has(names, "org.test"));
     assert_false(strv_has(names, "gone.test"));
-    store_strv_free(names);
+    strv_free(names);
     assert_int_equal(store_domain_cert_get(st, "q.test", &cert, NULL), 0);
     assert_string_equal(cert, "CHAIN");
     free(cert);
@@ -3940,8 +3940,8 @@ test_a_refused_queued_domain_or_document_write_is_reported_through_its_callback(
         }
     assert_true(found);
     assert_false(strv_has(names, "nowhere.test"));
-    store_strv_free(names);
-    store_strv_free(orgs);
+    strv_free(names);
+    strv_free(orgs);
     char *cert = NULL;
     assert_int_equal(store_domain_cert_get(st, "nowhere.test", &cert, NULL), -ENOENT);
     assert_int_equal(store_domain_cert_get(st, "taken.test", &cert, NULL), 0);
