@@ -143,6 +143,11 @@ def instance_pids(p):
     return out
 
 
+def environ_of(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        return f.read()
+
+
 def spread(leader, a, b, name):
     """The app's RUNNING instances, one on each skiffd (as the leader records them)."""
     return len(on(a, leader, name)) == 1 and len(on(b, leader, name)) == 1
@@ -361,6 +366,16 @@ def test_every_router_serves_the_leaders_table_the_followers_own_included(
             len(failed), sent, failed[:5])
         assert len(backends(router, "img.localhost")) == 2
         assert "not announcing the route table on NATS" in a.output(), a.output()
+        # the NATS servers (a URL may hold a password) are in the routers' environment only:
+        # not in skiffd's, nor in what it starts for tenants
+        for p in (a, b):
+            assert b"SKIFF_ROUTER_NATS=" in environ_of(read_pid_file(
+                os.path.join(p.home, "run", "router.pid")))
+            assert b"SKIFF_ROUTER_NATS" not in environ_of(p.proc.pid)
+            pids = instance_pids(p)
+            assert pids, "an instance runs on %s" % p.name
+            for pid in pids.values():
+                assert b"NATS" not in environ_of(pid), (p.name, environ_of(pid))
 
         # the leader's host crashes: A leads, runs both instances and announces them
         b.kill_all()
