@@ -1,6 +1,7 @@
 /* The router's bus on NATS core (docs/bus.md, "On NATS"): every route is learnt from
  * skiff.bus.register announcements, each valid for its ttl_ms after the last one; an entry not
- * announced again in time is pruned, one unregistered goes at once. The table is rebuilt from
+ * announced again in time is pruned while skiffd announces others (rn__announced_since), one
+ * unregistered goes at once. The table is rebuilt from
  * the entries (as a "routes" message, so one parser serves both buses) and saved to
  * run/routes.json. While NATS is down nothing expires: the router serves what it knew, and
  * entries get a full TTL again when the connection comes back (skiffd re-announces within
@@ -45,6 +46,7 @@ struct rn_entry {
     json_t *route;
     int64_t expires_ms;
     int64_t ttl_ms;
+    int64_t seen_ms; /* monotonic: its last register (or the saved table's load) */
     int64_t version; /* skiffd's table version of its last register (0: not said) */
 };
 
@@ -72,6 +74,10 @@ static struct {
     uv_timer_t hello;
     uv_timer_t coalesce;
     int64_t published_mono; /* when the last table was published; -1: never */
+    /* the last register of any route (monotonic; -1: none yet) and its TTL: whether skiffd
+     * announces at all (rn__announced_since) */
+    int64_t heard_mono, heard_ttl_ms;
+    bool silence_logged; /* "no skiffd announces" said once for this silence */
     int64_t version;
     /* skiffd's table versions (docs/bus.md "ack"): the newest one announced, how many of its
      * routes came, the newest one that came whole, and the last one acknowledged */
@@ -351,7 +357,8 @@ static bool rn__upsert(json_t *route, int64_t ttl_ms, int64_t version)
         e->route = NULL;
     }
     e->ttl_ms = ttl_ms;
-    e->expires_ms = time_mono_ms() + ttl_ms;
+    e->seen_ms = time_mono_ms();
+    e->expires_ms = e->seen_ms + ttl_ms;
     e->version = version;
     if (e->route && json_equal(e->route, route))
         return false;
@@ -460,14 +467,55 @@ static void rn__changed(void)
                        0);
 }
 
+/* Whether skiffd announced anything a quarter of e's TTL or more after e's last register. One
+ * that announces re-announces every route within the TTL: what it left out is gone. One that
+ * fell silent (killed, or no skiffd leads) says nothing of e: its instances run on in their
+ * cells, and the router serves what it knew, as it does while NATS is down. A quarter of the
+ * TTL keeps one re-announcement's registers (sent together) from counting as news after
+ * each other. */
+static bool rn__announced_since(const struct rn_entry *e)
+{
+    return rn.heard_mono >= 0 && rn.heard_mono - e->seen_ms >= e->ttl_ms / 4;
+}
+
+/* Every entry valid for its TTL from now (NATS back, or skiffd announcing again after a
+ * silence): the announcer has that long to announce each again before it is pruned. */
+static void rn__renew_all(int64_t now)
+{
+    for (size_t i = 0; i < rn.n; i++) {
+        rn.entries[i].seen_ms = now;
+        rn.entries[i].expires_ms = now + rn.entries[i].ttl_ms;
+    }
+}
+
+/* A register came: after a silence of a TTL or more (or the first since the start, over a
+ * saved table), every route known is renewed first. */
+static void rn__heard(int64_t ttl_ms)
+{
+    int64_t now = time_mono_ms();
+    if (rn.heard_mono < 0 || now - rn.heard_mono >= rn.heard_ttl_ms) {
+        if (rn.heard_mono >= 0 && rn.silence_logged)
+            log_info("bus: routes are announced again, after %lld ms; the %zu routes known "
+                     "are kept for their TTL, for skiffd to announce each again",
+                     (long long)(now - rn.heard_mono), rn.n);
+        rn__renew_all(now);
+    }
+    rn.heard_mono = now;
+    rn.heard_ttl_ms = ttl_ms;
+    rn.silence_logged = false;
+}
+
 static void rn__on_prune(uv_timer_t *t)
 {
     if (!rn.up)
         return; /* NATS is down: serve what we knew */
     int64_t now = time_mono_ms();
-    bool changed = false;
+    bool changed = false, kept = false;
     for (size_t i = 0; i < rn.n;)
-        if (rn.entries[i].expires_ms <= now) {
+        if (rn.entries[i].expires_ms <= now && !rn__announced_since(&rn.entries[i])) {
+            kept = true; /* nothing announced since: skiffd is silent, not the route gone */
+            i++;
+        } else if (rn.entries[i].expires_ms <= now) {
             log_info("bus: route %s%s was not announced again within %lld ms; pruned",
                      rn.entries[i].key, rn.entries[i].key + strlen(rn.entries[i].key) + 1,
                      (long long)rn.entries[i].ttl_ms);
@@ -476,6 +524,13 @@ static void rn__on_prune(uv_timer_t *t)
         } else {
             i++;
         }
+    if (kept && !rn.silence_logged) {
+        rn.silence_logged = true;
+        log_warning("bus: no skiffd has announced a route for %lld ms; serving the %zu routes "
+                    "known until one does (instances run on in their cells while no skiffd "
+                    "leads)",
+                    (long long)(now - rn.heard_mono), rn.n);
+    }
     if (changed)
         rn__changed();
     rn__drains_start(); /* a pruned route's, or one that waited too long */
@@ -569,6 +624,7 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
             json_decref(rn.draining);
             rn.draining = json_incref(m.draining);
         }
+        rn__heard(m.ttl_ms);
         if (rn__upsert(m.route, m.ttl_ms, m.table_version))
             rn__changed();
         rn__table_seen(m.table_version, m.table_count);
@@ -629,9 +685,7 @@ static void rn__on_state(void *ctx, bool up)
     router_bus_set_connected(up);
     if (up) {
         /* skiffd re-announces within its interval: every entry gets its full time again */
-        int64_t now = time_mono_ms();
-        for (size_t i = 0; i < rn.n; i++)
-            rn.entries[i].expires_ms = now + rn.entries[i].ttl_ms;
+        rn__renew_all(time_mono_ms());
         log_info("bus: connected to NATS");
         rn__hello();
     } else {
@@ -671,6 +725,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
              (unsigned long long)id);
     uv_timer_init(loop, &rn.coalesce);
     rn.published_mono = -1;
+    rn.heard_mono = -1;
     rn__seed();
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,
