@@ -61,6 +61,21 @@ void log_msg(enum log_level level, const char *fmt, ...)
         memcpy(line + len, "...", 3); /* cut, and said to be */
         len += 3;
     }
-    line[len++] = '\n';
-    fwrite(line, 1, len, stderr); /* one write: stdio locks it against other threads */
+    /* one message, one line: a library's text may hold newlines (libpq names each host of
+     * a list on a line of its own, and ends with one), which would leave lines without the
+     * program's name; they become "; " (nothing before a closing parenthesis) */
+    while (len > (size_t)n && line[len - 1] == '\n')
+        len--;
+    char flat[sizeof line + sizeof line / 2];
+    size_t k = 0;
+    for (size_t i = 0; i < len && k < sizeof flat - 3; i++) {
+        if (line[i] != '\n') {
+            flat[k++] = line[i];
+        } else if (i + 1 < len && line[i + 1] != ')' && line[i + 1] != '\n') {
+            flat[k++] = ';';
+            flat[k++] = ' ';
+        }
+    }
+    flat[k++] = '\n';
+    fwrite(flat, 1, k, stderr); /* one write: stdio locks it against other threads */
 }

@@ -3,6 +3,7 @@ routes made through the API, skiffd restarted, and everything found again."""
 import concurrent.futures
 import json
 import os
+import pwd
 import subprocess
 import tempfile
 import time
@@ -426,3 +427,70 @@ def test_a_network_cut_from_the_server_is_noticed_and_outlived(tmp_path):
             assert "the change feed is reopened" in p.output(), p.output()[-3000:]
         finally:
             p.close()
+
+
+def test_a_fail_over_to_a_standby_at_another_address_is_followed(tmp_path):
+    """The store's URL names two servers (libpq's host list, target_session_attrs=read-write):
+    a primary and its streaming standby. The primary stops for good and the standby is
+    promoted: skiffd's connections (the loop's, the writer's, the change feed's and the
+    leader's lock) go to the new primary, skiffd leads again, writes land there and the
+    change feed hears another writer's change on it."""
+    import psycopg2
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    pg_bin = "/usr/lib/postgresql/15/bin"
+    with throwaway_postgres() as primary:
+        standby = tempfile.mkdtemp(prefix="skiff-pg-standby-")
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(standby, pw.pw_uid, pw.pw_gid)
+        data = os.path.join(standby, "data")
+
+        def ctl(*args):
+            subprocess.run(as_pg + [os.path.join(pg_bin, "pg_ctl"), "-D", data, "-w", "-t",
+                                    "60", *args], check=True, capture_output=True, timeout=120)
+        subprocess.run(as_pg + [os.path.join(pg_bin, "pg_basebackup"), "-h", primary, "-U",
+                                "postgres", "-D", data, "-R", "-X", "stream"],
+                       check=True, capture_output=True, timeout=120)
+        ctl("-l", os.path.join(standby, "server.log"), "-o",
+            f"-k {standby} -c listen_addresses='' -c fsync=off", "start")
+        p = None
+        try:
+            url = (f"postgresql:///postgres?host={primary},{standby}&user=postgres"
+                   "&target_session_attrs=read-write")
+            p = Platform(extra_args=["--store", url]).start()
+            wait_for("skiffd to lead", lambda: p.api("GET", "/v1/cells")[1].get("leading"))
+            assert p.api("POST", "/v1/apps", {"name": "one", "routes": ["one.localhost"]})[0] \
+                == 201
+
+            # fail-over: the primary is gone for good, the standby becomes the primary
+            postgres_ctl(primary, "stop")
+            ctl("promote")
+            promoted = time.monotonic()
+            wait_for("a write on the promoted server",
+                     lambda: p.api("PUT", "/v1/apps/two", {})[0] in (200, 201), timeout=30)
+            wrote = time.monotonic() - promoted
+            wait_for("skiffd to lead again", lambda: p.api("GET", "/v1/cells")[1].get("leading"),
+                     timeout=30)
+            print("promoted: the first write landed after %.2f s, leading again after %.2f s"
+                  % (wrote, time.monotonic() - promoted))
+            listed = [a["name"] for a in p.api("GET", "/v1/apps")[1]["apps"]]
+            assert {"one", "two"} <= set(listed), listed
+            with psycopg2.connect(host=standby, user="postgres", dbname="postgres") as c:
+                cur = c.cursor()
+                cur.execute("SELECT name FROM apps ORDER BY name")
+                assert [r[0] for r in cur.fetchall()] == ["one", "two"]
+                # another writer on the new primary: the feed, reopened there, hears it
+                cur.execute("UPDATE apps SET memory_mb = 321 WHERE name = 'one'")
+            wait_for("another writer's change heard on the new primary",
+                     lambda: p.api("GET", "/v1/apps/one")[1]["memory_mb"] == 321, timeout=30)
+            stop_clean([p])
+            out = p.output()
+            assert "this skiffd stopped leading" in out, out[-4000:]
+            assert "the connection to the database is open again" in out, out[-4000:]
+        finally:
+            if p:
+                p.close()
+            subprocess.run(as_pg + [os.path.join(pg_bin, "pg_ctl"), "-D", data, "-m",
+                                    "immediate", "-w", "-t", "60", "stop"],
+                           capture_output=True, timeout=120)
+            subprocess.run(["rm", "-rf", standby])

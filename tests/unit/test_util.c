@@ -35,6 +35,8 @@ static void test_log_lines_and_levels(void **state)
     log_init("skiffd");
     log_error("cannot %s", "write");
     log_warning("the router exited");
+    log_error("store: %s", "host a failed\nhost b failed: read-only\n"); /* libpq's way */
+    log_error("(%s)", "lost\n");
     log_info("not shown at warning");
     log_debug("nor this");
     char big[4000];
@@ -53,12 +55,15 @@ static void test_log_lines_and_levels(void **state)
     close(fd);
     assert_true(str_has_prefix(text, "skiffd: error: cannot write\n"
                                      "skiffd: warning: the router exited\n"
+                                     "skiffd: error: store: host a failed; host b failed: "
+                                     "read-only\n"
+                                     "skiffd: error: (lost)\n"
                                      "skiffd: error: xxx"));
     assert_null(strstr(text, "not shown"));
     assert_null(strstr(text, "nor this"));
     /* a line too long is cut, says so, and still ends the line */
     assert_true(str_has_suffix(text, "xxx...\n"));
-    assert_true(len < 2048 + 100);
+    assert_true(len < 2048 + 200);
     free(text);
 }
 
