@@ -93,6 +93,9 @@ nginx_conf nginx_tls 1 "$(tls_proxy_conf "$nginx_tls_port" "$instance_addr" "$tl
 own_session nginx -c "$work/nginx_tls/nginx.conf" -e "$work/nginx_tls/error.log" & pids+=($!)
 nginx_tls_pid=$!
 for p in $bare_port $alone_port $nginx_port $nginx_tls_port $router_tls_port; do wait_port "$p"; done
+# so that a "failures from ADDR" line below names its proxy
+echo "HTTP on 127.0.0.1: the platform's router $router_port, nginx $nginx_port; HTTPS: the" \
+  "platform's router $router_tls_port, nginx $nginx_tls_port"
 
 # name -> address and the processes whose CPU is counted (the proxy's; for the platform's
 # router also skiffd's, which receives its access lines)
