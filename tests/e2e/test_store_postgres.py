@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from conftest import Platform, free_port, packets_dropped, postgres_ctl, throwaway_postgres
-from controllers import stop_clean
+from conftest import (ROOT, Platform, free_port, packets_dropped, postgres_ctl,
+                      throwaway_postgres)
+from controllers import PG_BIN, stop_clean
 
 @pytest.fixture(scope="module")
 def pg_dir():
@@ -437,22 +438,17 @@ def test_a_fail_over_to_a_standby_at_another_address_is_followed(tmp_path):
     change feed hears another writer's change on it."""
     import psycopg2
     as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
-    pg_bin = "/usr/lib/postgresql/15/bin"
     with throwaway_postgres() as primary:
         standby = tempfile.mkdtemp(prefix="skiff-pg-standby-")
         if os.getuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(standby, pw.pw_uid, pw.pw_gid)
-        data = os.path.join(standby, "data")
-
-        def ctl(*args):
-            subprocess.run(as_pg + [os.path.join(pg_bin, "pg_ctl"), "-D", data, "-w", "-t",
-                                    "60", *args], check=True, capture_output=True, timeout=120)
-        subprocess.run(as_pg + [os.path.join(pg_bin, "pg_basebackup"), "-h", primary, "-U",
-                                "postgres", "-D", data, "-R", "-X", "stream"],
-                       check=True, capture_output=True, timeout=120)
-        ctl("-l", os.path.join(standby, "server.log"), "-o",
-            f"-k {standby} -c listen_addresses='' -c fsync=off", "start")
+        # the standby laid out as throwaway_postgres lays a server out (DIR/data, its socket
+        # in DIR), so that postgres_ctl and scripts/pg-throwaway.sh serve it too
+        subprocess.run(as_pg + [os.path.join(PG_BIN, "pg_basebackup"), "-h", primary, "-U",
+                                "postgres", "-D", os.path.join(standby, "data"), "-R", "-X",
+                                "stream"], check=True, capture_output=True, timeout=120)
+        postgres_ctl(standby, "start")
         p = None
         try:
             url = (f"postgresql:///postgres?host={primary},{standby}&user=postgres"
@@ -464,7 +460,7 @@ def test_a_fail_over_to_a_standby_at_another_address_is_followed(tmp_path):
 
             # fail-over: the primary is gone for good, the standby becomes the primary
             postgres_ctl(primary, "stop")
-            ctl("promote")
+            postgres_ctl(standby, "promote")
             promoted = time.monotonic()
             wait_for("a write on the promoted server",
                      lambda: p.api("PUT", "/v1/apps/two", {})[0] in (200, 201), timeout=30)
@@ -490,7 +486,5 @@ def test_a_fail_over_to_a_standby_at_another_address_is_followed(tmp_path):
         finally:
             if p:
                 p.close()
-            subprocess.run(as_pg + [os.path.join(pg_bin, "pg_ctl"), "-D", data, "-m",
-                                    "immediate", "-w", "-t", "60", "stop"],
-                           capture_output=True, timeout=120)
-            subprocess.run(["rm", "-rf", standby])
+            subprocess.run([os.path.join(ROOT, "scripts", "pg-throwaway.sh"), "stop", standby],
+                           check=True, timeout=120)
